@@ -1,0 +1,245 @@
+"""Command line: start | stop | restart | status | run | check, and the operator commands.
+
+Runs as `python code/scheduler/control.py ...` (from the repo root, or from
+`code/` with PYTHONPATH set) and as the `scheduler` console script. Exit
+codes: 0 ok; 1 failure; 2 invalid configuration or usage; 3 not running
+(`status`, as LSB asks).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):
+    # Run as a script: import the package, not the sibling modules, by their names.
+    _here = str(Path(__file__).resolve().parent)
+    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(_here)]
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import argparse
+import os
+import signal
+import time
+from types import FrameType
+from typing import Any
+
+from scheduler import config as config_module
+from scheduler import pidfile
+from scheduler.config import Settings
+from scheduler.errors import ConfigError, SchedulerError
+
+EXIT_OK, EXIT_FAIL, EXIT_CONFIG, EXIT_NOT_RUNNING = 0, 1, 2, 3
+STOP_MARGIN = 15.0  # seconds `stop` waits beyond the grace period
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = config_module.load(flags=_flags(args), config_file=args.config)
+    except ConfigError as exc:
+        print(f"config: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        return int(args.handler(settings, args))
+    except ConfigError as exc:
+        print(f"config: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except SchedulerError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAIL
+    except KeyboardInterrupt:
+        return EXIT_FAIL
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="scheduler", description="Job-scheduler daemon.")
+    parser.add_argument("--config", type=Path, help="TOML settings file (or SCHEDULER_CONFIG)")
+    parser.add_argument("--database-url", help="sqlite:///path or postgresql://... (SCHEDULER_DATABASE_URL)")
+    parser.add_argument("--jobs-path", help="folder of job modules (SCHEDULER_JOBS_PATH)")
+    parser.add_argument("--pidfile", help="pidfile path (SCHEDULER_PIDFILE)")
+    parser.add_argument("--log-dir", help="log folder (SCHEDULER_LOG_DIR)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, handler, text in (
+        ("start", cmd_start, "start the daemon in the background"),
+        ("stop", cmd_stop, "stop the daemon (SIGTERM, then wait)"),
+        ("restart", cmd_restart, "stop, then start"),
+        ("status", cmd_status, "exit 0 if running, 3 if not"),
+        ("run", cmd_run, "run in the foreground (for supervisord)"),
+        ("check", cmd_check, "validate settings and job modules"),
+    ):
+        sub.add_parser(name, help=text).set_defaults(handler=handler)
+    try:
+        from scheduler import commands
+    except ImportError:  # the operator commands are optional for the daemon itself
+        return parser
+    commands.register(sub)
+    return parser
+
+
+def _flags(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "database_url": args.database_url,
+        "jobs_path": args.jobs_path,
+        "pidfile": args.pidfile,
+        "log_dir": args.log_dir,
+    }
+
+
+# -- lifecycle ---------------------------------------------------------------
+
+
+def cmd_run(settings: Settings, _args: argparse.Namespace) -> int:
+    lock = pidfile.make_lock(settings.pidfile)
+    lock.acquire()
+    try:
+        return _serve(settings, stderr=True)
+    finally:
+        if lock.i_am_locking():
+            lock.release()
+
+
+def cmd_start(settings: Settings, _args: argparse.Namespace) -> int:
+    import daemon
+
+    lock = pidfile.make_lock(settings.pidfile)
+    read_end, write_end = os.pipe()
+    if os.fork() > 0:
+        os.close(write_end)
+        return _await_start(read_end)
+    os.close(read_end)
+    context = daemon.DaemonContext(
+        pidfile=lock,
+        working_directory=os.getcwd(),
+        umask=0o022,
+        files_preserve=[write_end],
+        signal_map={},  # handlers are installed by _serve
+    )
+    try:
+        with context:
+            code = _serve(settings, stderr=False, ready_fd=write_end)
+    except BaseException as exc:  # report to the waiting parent, whatever happened
+        _tell(write_end, f"error: {exc}")
+        os._exit(EXIT_FAIL)
+    os._exit(code)
+
+
+def _await_start(read_end: int) -> int:
+    chunks = []
+    while chunk := os.read(read_end, 4096):
+        chunks.append(chunk)
+    os.close(read_end)
+    message = b"".join(chunks).decode().strip() or "error: the daemon exited during start-up"
+    if message.startswith("ok"):
+        print(f"started{message[2:]}")
+        return EXIT_OK
+    print(message, file=sys.stderr)
+    return EXIT_FAIL
+
+
+def _tell(fd: int | None, message: str) -> None:
+    if fd is None:
+        return
+    try:
+        os.write(fd, message.encode() + b"\n")
+        os.close(fd)
+    except OSError:
+        pass
+
+
+def _serve(settings: Settings, *, stderr: bool, ready_fd: int | None = None) -> int:
+    from scheduler import logsetup
+    from scheduler.service import Service
+
+    log_path = logsetup.configure(
+        settings.log_dir, settings.log_level, settings.log_max_bytes, settings.log_backups, stderr=stderr
+    )
+    service = Service(settings)
+    _install_signals(service)
+    try:
+        service.start()
+    except SchedulerError as exc:
+        _tell(ready_fd, f"error: {exc}")
+        if ready_fd is None:
+            raise
+        return EXIT_FAIL
+    _tell(ready_fd, f"ok (pid {os.getpid()}, log {log_path})")
+    service.serve_forever()
+    return EXIT_OK
+
+
+def _install_signals(service: Any) -> None:
+    def on_stop(signum: int, _frame: FrameType | None) -> None:
+        if service.stop_event.is_set():
+            os._exit(EXIT_FAIL)  # a second SIGTERM/SIGINT: exit at once
+        service.request_stop()
+
+    def on_hup(_signum: int, _frame: FrameType | None) -> None:
+        service.reload_event.set()
+
+    signal.signal(signal.SIGTERM, on_stop)
+    signal.signal(signal.SIGINT, on_stop)
+    signal.signal(signal.SIGHUP, on_hup)
+
+
+def cmd_stop(settings: Settings, _args: argparse.Namespace) -> int:
+    pid = pidfile.running_pid(settings.pidfile)
+    if pid is None:
+        print("not running")
+        return EXIT_OK
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + settings.grace_period.total_seconds() + STOP_MARGIN
+    while time.monotonic() < deadline:
+        if not pidfile.process_alive(pid):
+            print(f"stopped (pid {pid})")
+            return EXIT_OK
+        time.sleep(0.1)  # polling another process's exit; there is no event to wait on
+    print(f"error: pid {pid} still running after {deadline:.0f}s; not killed", file=sys.stderr)
+    return EXIT_FAIL
+
+
+def cmd_restart(settings: Settings, args: argparse.Namespace) -> int:
+    code = cmd_stop(settings, args)
+    return code if code != EXIT_OK else cmd_start(settings, args)
+
+
+def cmd_status(settings: Settings, _args: argparse.Namespace) -> int:
+    pidfile.check_safe(settings.pidfile)
+    pid = pidfile.read_pid(settings.pidfile)
+    if pid is not None and pidfile.process_alive(pid):
+        print(f"running (pid {pid})")
+        return EXIT_OK
+    if settings.pidfile.exists():
+        print(f"not running (stale pidfile {settings.pidfile})")
+        return EXIT_FAIL
+    print("not running")
+    return EXIT_NOT_RUNNING
+
+
+def cmd_check(settings: Settings, _args: argparse.Namespace) -> int:
+    from scheduler.registry import load_jobs
+    from scheduler.store import Store
+
+    result = load_jobs(settings.jobs_path)
+    for spec in result.specs.values():
+        state = "" if spec.enabled else " (disabled)"
+        print(f"ok    {spec.name}: {spec.describe()}{state}")
+    for problem in result.problems:
+        print(f"error {problem}")
+    store = Store(settings.database_url)
+    try:
+        current, head = store.db.current_revision(), store.db.head_revision()
+    except SchedulerError as exc:
+        print(f"error database {store.safe_url}: {exc}")
+        return EXIT_FAIL
+    finally:
+        store.dispose()
+    if current not in (None, head):
+        print(f"note  database schema {current}, code {head}: run 'db upgrade' or start the daemon")
+    print(f"{len(result.specs)} jobs, {len(result.problems)} problems; database {store.safe_url}")
+    return EXIT_FAIL if result.problems else EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

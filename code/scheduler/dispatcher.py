@@ -1,0 +1,296 @@
+"""The timing loop: a heap of next slots, claimed in batches, handed to the runner.
+
+`tick(now)` is the whole decision for an instant: which slots are due, what the
+catch-up policy makes of late ones, and one claim transaction for all of them.
+Only the slots this instance wins go to the runner. The loop in `run()` only
+adds waiting (on the monotonic clock) and periodic polls around `tick`.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import threading
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from scheduler.clock import Clock
+from scheduler.errors import SchedulerError
+from scheduler.health import Health
+from scheduler.registry import JobSpec
+from scheduler.runner import Runner
+from scheduler.schedules import Schedule, recent_slots
+from scheduler.store import Claim, Claimed, JobRow, Owner, Store
+
+log = logging.getLogger(__name__)
+
+# A slot this late is no longer "on time": catch-up policies decide about it.
+MISFIRE_GRACE = timedelta(seconds=30)
+# A wall clock that moves this far from the monotonic clock between two loops has been stepped.
+CLOCK_STEP = timedelta(seconds=2)
+MAX_WAIT = 1.0
+MIN_BACKOFF = 0.25
+MAX_BACKOFF = 5.0
+
+
+@dataclass
+class JobState:
+    spec: JobSpec
+    row: JobRow
+    schedule: Schedule
+    cursor: datetime  # the last slot decided (run, skipped, missed or let pass)
+    next_at: datetime
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        store: Store,
+        clock: Clock,
+        runner: Runner,
+        owner: Owner,
+        lease_ttl: timedelta,
+        catchup_limit: int,
+        poll_interval: float,
+        health: Health,
+    ) -> None:
+        self.store = store
+        self.clock = clock
+        self.runner = runner
+        self.owner = owner
+        self.lease_ttl = lease_ttl
+        self.catchup_limit = catchup_limit
+        self.poll_interval = poll_interval
+        self.health = health
+        self._poll_now = False
+        self.states: dict[str, JobState] = {}
+        self._heap: list[tuple[datetime, int, str]] = []
+        self._seq = itertools.count()
+        self._lock = threading.RLock()
+        self.wake = threading.Event()
+        self._last_poll: datetime | None = None
+        self._backoff = MIN_BACKOFF
+
+    # -- state ------------------------------------------------------------
+
+    def load(
+        self, specs: dict[str, JobSpec], rows: dict[str, JobRow], last_slots: dict[str, datetime]
+    ) -> None:
+        """(Re)build the heap for the loaded, enabled jobs. Keeps cursors of known jobs."""
+        with self._lock:
+            old = self.states
+            self.states = {}
+            for name, spec in specs.items():
+                if not spec.enabled or name not in rows:
+                    continue
+                row = rows[name]
+                cursor = old[name].cursor if name in old else last_slots.get(name, row.defined_at)
+                schedule = row.schedule()
+                self.states[name] = JobState(spec, row, schedule, cursor, schedule.next_after(cursor))
+            self._rebuild_heap()
+
+    def _rebuild_heap(self) -> None:
+        self._heap = [(s.next_at, next(self._seq), n) for n, s in self.states.items()]
+        heapq.heapify(self._heap)
+        self.wake.set()
+
+    def apply_rows(self, rows: list[JobRow], now: datetime) -> None:
+        """Take operator overrides (pause, schedule) read from the database."""
+        with self._lock:
+            changed = False
+            for row in rows:
+                state = self.states.get(row.name)
+                if state is None or row == state.row:
+                    continue
+                if state.row.paused and not row.paused:
+                    state.cursor = max(state.cursor, now)  # resume: no catch-up for the pause
+                if row.paused != state.row.paused or row.schedule() != state.schedule:
+                    log.info(
+                        "job %s: %s, schedule %s",
+                        row.name,
+                        "paused" if row.paused else "active",
+                        row.schedule().describe(),
+                        extra={"job": row.name, "action": "override"},
+                    )
+                state.row, state.schedule = row, row.schedule()
+                state.next_at = state.schedule.next_after(state.cursor)
+                changed = True
+            if changed:
+                self._rebuild_heap()
+
+    def rewind(self, now: datetime) -> None:
+        """After the wall clock stepped back: recompute from now instead of stalling.
+
+        Slots that already ran are not run again: their rows exist, so a claim loses.
+        """
+        with self._lock:
+            for state in self.states.values():
+                state.cursor = min(state.cursor, now)
+                state.next_at = state.schedule.next_after(state.cursor)
+            self._rebuild_heap()
+
+    def next_due(self) -> datetime | None:
+        with self._lock:
+            return self._heap[0][0] if self._heap else None
+
+    # -- decisions --------------------------------------------------------
+
+    def tick(self, now: datetime) -> list[Claimed]:
+        """Claim every slot due at `now`; start the runs won. Returns what was won.
+
+        Raises nothing: a database error leaves the due slots undecided, to be
+        retried (and caught up per policy) on a later tick.
+        """
+        with self._lock:
+            due: list[JobState] = []
+            while self._heap and self._heap[0][0] <= now:
+                at, _, name = heapq.heappop(self._heap)
+                state = self.states.get(name)
+                if state is not None and state.next_at == at:
+                    due.append(state)
+            claims, decided = self._decide(due, now)
+        won: list[Claimed] = []
+        failed = False
+        if claims:
+            try:
+                won = self.store.runs.claim(claims, self.owner, now, now + self.lease_ttl)
+            except SchedulerError as exc:
+                failed = True
+                self.health.database(False, str(exc))
+                self._backoff = min(MAX_BACKOFF, self._backoff * 2)
+                log.debug("claim failed, slots stay undecided: %s", exc)
+            else:
+                self.health.database(True, "")
+                self._backoff = MIN_BACKOFF
+        with self._lock:
+            for state in due:
+                if failed:
+                    # Undecided: retry soon; the catch-up policy applies if it stays down.
+                    state.next_at = now + timedelta(seconds=self._backoff)
+                else:
+                    state.cursor = decided.get(state.spec.name, max(state.cursor, now))
+                    state.next_at = state.schedule.next_after(state.cursor)
+                heapq.heappush(self._heap, (state.next_at, next(self._seq), state.spec.name))
+        self._start(won)
+        return won
+
+    def _decide(self, due: list[JobState], now: datetime) -> tuple[list[Claim], dict[str, datetime]]:
+        claims: list[Claim] = []
+        decided: dict[str, datetime] = {}
+        for state in due:
+            slots, cut = recent_slots(state.schedule, state.cursor, now, self.catchup_limit)
+            if not slots:
+                continue
+            decided[state.spec.name] = slots[-1]
+            if state.row.paused:
+                continue  # a paused job lets its slots pass, unrecorded
+            claims += self._claims_for(state.spec, slots, now, cut)
+        return claims, decided
+
+    def _claims_for(self, spec: JobSpec, slots: list[datetime], now: datetime, cut: bool) -> list[Claim]:
+        if_busy = "queued" if spec.overlap == "queue" else "skipped"
+        latest = slots[-1]
+        on_time = now - latest <= MISFIRE_GRACE
+        if len(slots) == 1 and on_time:
+            return [Claim(spec.name, latest, "schedule", "running", if_busy)]
+        log.info(
+            "job %s: %d%s slots missed up to %s, catch-up policy %r",
+            spec.name,
+            len(slots) - (1 if on_time else 0),
+            "+" if cut else "",
+            latest.isoformat(),
+            spec.catchup,
+            extra={"job": spec.name, "action": "catchup"},
+        )
+        if spec.catchup == "all":
+            first, rest = slots[0], slots[1:]
+            return [Claim(spec.name, first, "catchup", "running", "queued")] + [
+                Claim(spec.name, s, "catchup", "queued") for s in rest
+            ]
+        missed = [Claim(spec.name, s, "catchup", "missed") for s in slots[:-1]]
+        if spec.catchup == "latest" or on_time:
+            trigger = "schedule" if on_time else "catchup"
+            return missed + [Claim(spec.name, latest, trigger, "running", if_busy)]
+        return missed + [Claim(spec.name, latest, "catchup", "missed")]
+
+    def take_queued(self, now: datetime) -> list[Claimed]:
+        """Start queued runs (manual triggers, queued overlaps, catch-up, retries) of known jobs."""
+        with self._lock:
+            names = [n for n, s in self.states.items() if not s.row.paused]
+        try:
+            won = self.store.runs.take_queued(names, self.owner, now, now + self.lease_ttl)
+        except SchedulerError as exc:
+            self.health.database(False, str(exc))
+            return []
+        self._start(won)
+        return won
+
+    def _start(self, won: list[Claimed]) -> None:
+        for claimed in won:
+            if claimed.status != "running":
+                log.info(
+                    "job %s slot %s %s: previous run still going",
+                    claimed.job,
+                    claimed.scheduled_for.isoformat(),
+                    claimed.status,
+                    extra={"job": claimed.job, "run_id": claimed.run_id, "action": claimed.status},
+                )
+                continue
+            state = self.states.get(claimed.job)
+            if state is not None:
+                self.runner.start(claimed, state.spec)
+
+    # -- the loop -----------------------------------------------------------
+
+    def run(self, stop: threading.Event) -> None:
+        """Tick until `stop`; waits on the monotonic clock, polls the database periodically."""
+        last_wall, last_mono = self.clock.now(), self.clock.monotonic()
+        next_poll = last_mono
+        while not stop.is_set():
+            now, mono = self.clock.now(), self.clock.monotonic()
+            self.health.loop_alive()
+            drift = (now - last_wall) - timedelta(seconds=mono - last_mono)
+            if abs(drift) > CLOCK_STEP:
+                log.warning("wall clock stepped by %+.1fs; rescheduling from now", drift.total_seconds())
+                if drift < timedelta(0):
+                    self.rewind(now)
+            last_wall, last_mono = now, mono
+            try:
+                if mono >= next_poll or self._poll_now:
+                    self._poll_now = False
+                    next_poll = mono + self.poll_interval
+                    self.poll(now)
+                self.tick(now)
+                deadline = self.runner.check_deadlines()
+            except Exception:
+                log.exception("dispatcher cycle failed; carrying on")
+                deadline = None
+            self.clock.wait(self._timeout(now, mono, next_poll, deadline), self.wake)
+            self.wake.clear()
+
+    def _timeout(self, now: datetime, mono: float, next_poll: float, deadline: float | None) -> float:
+        waits = [MAX_WAIT, next_poll - mono]
+        due = self.next_due()
+        if due is not None:
+            waits.append((due - now).total_seconds())
+        if deadline is not None:
+            waits.append(deadline - mono)
+        return max(0.0, min(waits))
+
+    def poll_soon(self) -> None:
+        """Ask the loop to poll at once (a run ended: a queued slot may be free)."""
+        self._poll_now = True
+        self.wake.set()
+
+    def poll(self, now: datetime) -> None:
+        """Read overrides changed since the last poll and start queued runs."""
+        since = self._last_poll or now
+        try:
+            rows = self.store.jobs.changed_since(since)
+        except SchedulerError as exc:
+            self.health.database(False, str(exc))
+            return
+        self._last_poll = now
+        self.apply_rows(rows, now)
+        self.take_queued(now)

@@ -1,0 +1,159 @@
+"""Write-behind for run outcomes: the end of a run is never lost and never blocks a job.
+
+Outcomes queue in memory and a single thread writes them in batches. While the
+database is away the batch is kept and retried with backoff. At shutdown, what
+still cannot be written is spooled to a JSON-lines file and replayed at the
+next start.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
+from datetime import datetime
+from pathlib import Path
+
+from scheduler.clock import Clock
+from scheduler.errors import SchedulerError, StoreUnavailable
+from scheduler.store import Outcome
+
+log = logging.getLogger(__name__)
+
+BATCH = 500
+MIN_BACKOFF = 0.2
+MAX_BACKOFF = 10.0
+
+
+class Recorder:
+    def __init__(
+        self,
+        clock: Clock,
+        write: Callable[[Sequence[Outcome]], list[int]],
+        spool: Path,
+        on_health: Callable[[bool, str], None] = lambda ok, why: None,
+    ) -> None:
+        self.clock = clock
+        self._write = write
+        self.spool = spool
+        self._on_health = on_health
+        self._queue: deque[Outcome] = deque()
+        self._cond = threading.Condition()
+        self._closing = False
+        self._thread: threading.Thread | None = None
+        self.written = 0
+        self.lost_leases = 0
+
+    def record(self, outcome: Outcome) -> None:
+        with self._cond:
+            self._queue.append(outcome)
+            self._cond.notify()
+
+    @property
+    def pending(self) -> int:
+        with self._cond:
+            return len(self._queue)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="recorder", daemon=True)
+        self._thread.start()
+
+    def flush_once(self) -> bool:
+        """Write what is queued now; False if the database did not take it."""
+        with self._cond:
+            batch = [self._queue.popleft() for _ in range(min(BATCH, len(self._queue)))]
+        if not batch:
+            return True
+        try:
+            lost = self._write(batch)
+        except (StoreUnavailable, SchedulerError) as exc:
+            with self._cond:
+                self._queue.extendleft(reversed(batch))
+            self._on_health(False, str(exc))
+            return False
+        self._on_health(True, "")
+        self.written += len(batch) - len(lost)
+        for run_id in lost:
+            self.lost_leases += 1
+            log.warning(
+                "run %s: result not recorded, another instance owns it now (lease lost)",
+                run_id,
+                extra={"run_id": run_id, "action": "lease-lost"},
+            )
+        return True
+
+    def _loop(self) -> None:
+        backoff = MIN_BACKOFF
+        failing = False
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: self._queue or self._closing)
+                if self._closing:
+                    return
+            if self.flush_once():
+                if failing:
+                    log.info("run records are being written again")
+                failing, backoff = False, MIN_BACKOFF
+                continue
+            if not failing:
+                log.warning("cannot write run records, keeping %d in memory and retrying", self.pending)
+            failing = True
+            with self._cond:
+                self._cond.wait(backoff)
+            backoff = min(MAX_BACKOFF, backoff * 2)
+
+    def close(self, deadline: float) -> None:
+        """Stop the thread, try to write the rest until `deadline` (monotonic), spool leftovers."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout=max(0.0, deadline - self.clock.monotonic()))
+        while self.pending and self.clock.monotonic() < deadline:
+            if not self.flush_once():
+                threading.Event().wait(min(0.5, max(0.0, deadline - self.clock.monotonic())))
+        self._spool_rest()
+
+    def _spool_rest(self) -> None:
+        with self._cond:
+            rest = list(self._queue)
+            self._queue.clear()
+        if not rest:
+            return
+        self.spool.parent.mkdir(parents=True, exist_ok=True)
+        with self.spool.open("a") as fh:
+            for outcome in rest:
+                fh.write(json.dumps(_encode(outcome)) + "\n")
+        log.error("database unreachable at exit: %d run records spooled to %s", len(rest), self.spool)
+
+    def replay_spool(self) -> int:
+        """Queue outcomes spooled by an earlier process; returns how many."""
+        if not self.spool.exists():
+            return 0
+        lines = self.spool.read_text().splitlines()
+        for line in lines:
+            if line.strip():
+                self.record(_decode(json.loads(line)))
+        self.spool.unlink()
+        if lines:
+            log.info("replaying %d run records spooled at the last exit", len(lines))
+        return len(lines)
+
+
+def _encode(outcome: Outcome) -> dict[str, object]:
+    data = asdict(outcome)
+    for key in ("finished_at", "started_at"):
+        value = getattr(outcome, key)
+        data[key] = value.isoformat() if value else None
+    return data
+
+
+def _decode(data: dict[str, object]) -> Outcome:
+    data = dict(data)
+    for key in ("finished_at", "started_at"):
+        if data.get(key):
+            data[key] = datetime.fromisoformat(str(data[key]))
+    return Outcome(**data)  # type: ignore[arg-type]

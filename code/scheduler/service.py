@@ -1,0 +1,193 @@
+"""Wiring: builds the parts, starts their threads, and stops them in order.
+
+Shutdown order: stop claiming; ask running jobs to wrap up and wait up to the
+grace period; write their records; mark what still runs `abandoned`; release
+the leader lease and leave the cluster; dispose of the engine.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import uuid
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+
+from scheduler import config as config_module
+from scheduler.clock import Clock, SystemClock
+from scheduler.config import Settings
+from scheduler.coordination import Coordinator, pid_alive
+from scheduler.dispatcher import Dispatcher
+from scheduler.errors import SchedulerError
+from scheduler.health import Health
+from scheduler.recorder import Recorder
+from scheduler.registry import JobSpec, LoadProblem, load_jobs
+from scheduler.runner import ActiveRun, Runner
+from scheduler.store import Claimed, Owner, Store
+
+log = logging.getLogger(__name__)
+
+
+class Service:
+    def __init__(self, settings: Settings, clock: Clock | None = None) -> None:
+        self.settings = settings
+        self.clock = clock or SystemClock()
+        self.stop_event = threading.Event()
+        self.reload_event = threading.Event()
+        self.store = Store(settings.database_url)
+        self.owner = Owner(uuid.uuid4().hex[:12], settings.instance_name, os.getpid())
+        self.health = Health(self.clock)
+        self.specs: dict[str, JobSpec] = {}
+        self.problems: list[LoadProblem] = []
+        self.recorder = Recorder(self.clock, self.store.runs.finish, self.spool_path, self.health.database)
+        self.runner = Runner(
+            self.clock,
+            settings.pool_size,
+            settings.max_log_bytes,
+            self.recorder.record,
+            self._set_attempt,
+            self._on_run_done,
+            self.stop_event,
+        )
+        self.dispatcher = Dispatcher(
+            self.store,
+            self.clock,
+            self.runner,
+            self.owner,
+            settings.lease_ttl,
+            settings.catchup_limit,
+            min(1.0, settings.heartbeat.total_seconds()),
+            self.health,
+        )
+        self.coordinator = Coordinator(self.store, self.clock, settings, self.owner, self.health)
+        self._threads: list[threading.Thread] = []
+        self.on_stop: list[Callable[[], None]] = []
+
+    @property
+    def spool_path(self) -> Path:
+        return self.settings.log_dir.parent / "var" / f"spool-{self.settings.instance_name}.jsonl"
+
+    # -- start ------------------------------------------------------------
+
+    def start(self) -> None:
+        """Migrate, load jobs, recover from a previous crash, start the loops.
+
+        Raises SchedulerError (StoreError, AlreadyRunningError, ...) if it cannot start.
+        """
+        self.store.upgrade()
+        now = self.clock.now()
+        if self.store.is_sqlite:
+            self.coordinator.check_single_node(now)
+        self.recorder.replay_spool()
+        self.recorder.flush_once()
+        for run in self.store.runs.reap_local(self.owner.host, pid_alive, now):
+            log.warning(
+                "run %s of %s (slot %s) was left running by dead process %s: marked abandoned",
+                run.id,
+                run.job,
+                run.scheduled_for.isoformat(),
+                run.pid,
+                extra={"job": run.job, "run_id": run.id, "action": "abandoned"},
+            )
+        self._load_jobs(now)
+        self.coordinator.register(sorted(self.specs), self._problem_dicts(), now)
+        self.coordinator.step(now)
+        log.info(
+            "started instance %s (pid %d) with %d jobs on %s",
+            self.owner.instance,
+            self.owner.pid,
+            len(self.specs),
+            self.store.safe_url,
+        )
+        self.recorder.start()
+        self._spawn("coordinator", self.coordinator.run)
+        self._spawn("dispatcher", self.dispatcher.run)
+
+    def _spawn(self, name: str, target: Callable[[threading.Event], None]) -> None:
+        thread = threading.Thread(target=target, args=(self.stop_event,), name=name, daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def _load_jobs(self, now: datetime) -> None:
+        result = load_jobs(self.settings.jobs_path)
+        self.specs, self.problems = result.specs, result.problems
+        for problem in self.problems:
+            log.error("job load failed: %s", problem, extra={"action": "load-error"})
+        rows = self.store.jobs.sync(self.specs.values(), now)
+        self.dispatcher.load(self.specs, rows, self.store.runs.last_slots())
+        for spec in self.specs.values():
+            state = self.dispatcher.states.get(spec.name)
+            next_at = state.next_at.isoformat() if state else "never (disabled)"
+            log.info("job %s: %s, next run %s", spec.name, rows[spec.name].schedule_text, next_at)
+
+    def _problem_dicts(self) -> list[dict[str, str]]:
+        return [{"where": p.where, "message": p.message} for p in self.problems]
+
+    # -- while running ----------------------------------------------------
+
+    def _set_attempt(self, claimed: Claimed, attempt: int) -> None:
+        try:
+            self.store.runs.set_attempt(claimed.run_id, claimed.fence, attempt)
+        except SchedulerError as exc:
+            log.warning("could not record attempt %d of run %s: %s", attempt, claimed.run_id, exc)
+
+    def _on_run_done(self, run: ActiveRun) -> None:
+        # A queued slot of this job may now run: let the dispatcher look at once.
+        self.dispatcher.poll_soon()
+
+    def reload(self) -> None:
+        """SIGHUP: re-import job modules and re-read the log level."""
+        try:
+            fresh = config_module.load()
+            from scheduler.logsetup import set_level
+
+            set_level(fresh.log_level)
+            self._load_jobs(self.clock.now())
+            self.store.cluster.update_loaded(self.owner.instance, sorted(self.specs), self._problem_dicts())
+            log.info("reloaded: %d jobs, %d problems", len(self.specs), len(self.problems))
+        except SchedulerError as exc:
+            log.error("reload failed, keeping the previous jobs: %s", exc)
+
+    def serve_forever(self) -> None:
+        """Block until stopped (signal handlers set the events), then shut down."""
+        while not self.stop_event.is_set():
+            if self.reload_event.wait(0.5):
+                self.reload_event.clear()
+                if not self.stop_event.is_set():
+                    self.reload()
+        self.shutdown()
+
+    # -- stop -------------------------------------------------------------
+
+    def request_stop(self) -> None:
+        self.stop_event.set()
+        self.dispatcher.wake.set()
+
+    def shutdown(self) -> None:
+        self.request_stop()
+        for thread in self._threads:
+            thread.join(timeout=5)
+        grace = self.settings.grace_period.total_seconds()
+        running = self.runner.active()
+        if running:
+            log.info("waiting up to %.0fs for %d running jobs", grace, len(running))
+            self.runner.cancel_all()
+            self.runner.wait_idle(grace)
+        deadline = self.clock.monotonic() + 5.0
+        self.recorder.close(deadline)
+        now = self.clock.now()
+        try:
+            for run in self.store.runs.reap(
+                now, owner=self.owner.instance, reason="the daemon stopped before the run finished"
+            ):
+                log.warning("run %s of %s abandoned at shutdown", run.id, run.job, extra={"run_id": run.id})
+        except SchedulerError as exc:
+            log.error("could not mark unfinished runs abandoned: %s", exc)
+        for hook in self.on_stop:
+            hook()
+        self.coordinator.release(now)
+        self.runner.shutdown()
+        self.store.dispose()
+        log.info("stopped instance %s", self.owner.instance)

@@ -1,0 +1,49 @@
+"""The database: the only package that imports SQLAlchemy.
+
+`Store` bundles one `Database` (engine, transactions, migrations) with the
+repositories that hold every query: jobs, runs, cluster, alerts.
+"""
+
+from __future__ import annotations
+
+from scheduler.store.cluster import ClusterRepository, InstanceRow, LeaseRow
+from scheduler.store.db import Database
+from scheduler.store.jobs import AuditEntry, JobRepository, JobRow
+from scheduler.store.runs import Claim, Claimed, Outcome, Owner, RunRepository, RunRow
+
+__all__ = [
+    "AuditEntry",
+    "Claim",
+    "Claimed",
+    "ClusterRepository",
+    "Database",
+    "InstanceRow",
+    "JobRow",
+    "LeaseRow",
+    "Outcome",
+    "Owner",
+    "RunRow",
+    "Store",
+]
+
+
+class Store:
+    def __init__(self, url: str) -> None:
+        self.db = Database(url)
+        self.jobs = JobRepository(self.db)
+        self.runs = RunRepository(self.db)
+        self.cluster = ClusterRepository(self.db)
+
+    @property
+    def safe_url(self) -> str:
+        return self.db.safe_url
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.db.is_sqlite
+
+    def upgrade(self) -> None:
+        self.db.upgrade()
+
+    def dispose(self) -> None:
+        self.db.dispose()

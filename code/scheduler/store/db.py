@@ -1,0 +1,171 @@
+"""The engine, transactions, error mapping and schema migrations.
+
+Every operation runs in one short transaction (`read()` or `write()`). On
+SQLite writes take the lock up front (BEGIN IMMEDIATE), so two writers queue
+on `busy_timeout` instead of failing half-way with 'database is locked'.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import event, exc
+
+from scheduler.config import redact_url
+from scheduler.errors import StoreError, StoreUnavailable
+
+log = logging.getLogger(__name__)
+
+MIGRATIONS = Path(__file__).resolve().parents[1] / "migrations"
+_MIGRATION_LOCK = 7_210_425  # pg_advisory_xact_lock key: one migrator at a time
+
+
+class Database:
+    """An engine plus the transaction helpers every repository uses."""
+
+    def __init__(self, url: str, *, busy_timeout_ms: int = 10_000) -> None:
+        self.url = _normalise(url)
+        self.safe_url = redact_url(self.url)
+        self.is_sqlite = self.url.startswith("sqlite")
+        try:
+            self.engine = self._create_engine(busy_timeout_ms)
+        except (exc.ArgumentError, ImportError) as error:
+            raise StoreError(f"database URL {self.safe_url}: {error}") from None
+
+    def _create_engine(self, busy_timeout_ms: int) -> sa.Engine:
+        if not self.is_sqlite:
+            return sa.create_engine(
+                self.url,
+                pool_pre_ping=True,
+                pool_size=5,
+                max_overflow=10,
+                pool_recycle=300,
+                connect_args={
+                    "connect_timeout": 3,
+                    "keepalives": 1,
+                    "keepalives_idle": 5,
+                    "keepalives_interval": 2,
+                    "keepalives_count": 2,
+                    "application_name": "scheduler",
+                    "options": "-c statement_timeout=15000 -c lock_timeout=10000",
+                },
+            )
+        path = self.url.removeprefix("sqlite:///")
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        engine = sa.create_engine(self.url, connect_args={"timeout": busy_timeout_ms / 1000})
+
+        @event.listens_for(engine, "connect")
+        def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+            # Let SQLAlchemy issue BEGIN itself (below): pysqlite's own BEGIN is deferred.
+            dbapi_connection.isolation_level = None
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.execute(f"PRAGMA busy_timeout={busy_timeout_ms}")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.close()
+
+        @event.listens_for(engine, "begin")
+        def _on_begin(conn: sa.Connection) -> None:
+            write = conn.get_execution_options().get("scheduler_write", True)
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+        return engine
+
+    @contextmanager
+    def write(self) -> Iterator[sa.Connection]:
+        """One write transaction. Raises StoreUnavailable on a transient failure."""
+        with translate_errors(self.safe_url), self.engine.connect() as conn, conn.begin():
+            yield conn
+
+    @contextmanager
+    def read(self) -> Iterator[sa.Connection]:
+        with translate_errors(self.safe_url), self.engine.connect() as raw:
+            conn = raw.execution_options(scheduler_write=False)
+            with conn.begin():
+                yield conn
+
+    def ping(self) -> None:
+        with self.read() as conn:
+            conn.execute(sa.text("SELECT 1"))
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+    # -- migrations ---------------------------------------------------------
+
+    def head_revision(self) -> str:
+        head = ScriptDirectory(str(MIGRATIONS)).get_current_head()
+        assert head is not None
+        return head
+
+    def current_revision(self) -> str | None:
+        with self.read() as conn:
+            return MigrationContext.configure(conn).get_current_revision()
+
+    def upgrade(self) -> None:
+        """Create or upgrade the schema to this code's head.
+
+        Raises StoreError when the database was written by newer code.
+        """
+        script = ScriptDirectory(str(MIGRATIONS))
+        with self.write() as conn:
+            if conn.dialect.name == "postgresql":
+                conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _MIGRATION_LOCK})
+            current = MigrationContext.configure(conn).get_current_revision()
+            known = {r.revision for r in script.walk_revisions()}
+            if current is not None and current not in known:
+                raise StoreError(
+                    f"database {self.safe_url} has schema revision {current!r}, newer than this "
+                    f"code knows (head {self.head_revision()!r}); upgrade the scheduler"
+                )
+            if current != script.get_current_head():
+                log.info("migrating schema from %s to %s", current, script.get_current_head())
+                cfg = Config()
+                cfg.set_main_option("script_location", str(MIGRATIONS))
+                cfg.attributes["connection"] = conn
+                command.upgrade(cfg, "head")
+
+
+def _normalise(url: str) -> str:
+    if url.startswith("postgres://"):
+        url = "postgresql://" + url.removeprefix("postgres://")
+    if url.startswith("postgresql://"):
+        url = "postgresql+psycopg2://" + url.removeprefix("postgresql://")
+    return url
+
+
+_TRANSIENT_SQLSTATES = ("08", "53", "57", "40")  # connection, resources, operator, rollback
+
+
+@contextmanager
+def translate_errors(safe_url: str) -> Iterator[None]:
+    """Map driver errors to StoreUnavailable (retry later) or StoreError (give up)."""
+    try:
+        yield
+    except exc.DBAPIError as error:
+        code = getattr(error.orig, "pgcode", None) or ""
+        transient = (
+            error.connection_invalidated
+            or isinstance(error, exc.OperationalError | exc.InterfaceError)
+            or code.startswith(_TRANSIENT_SQLSTATES)
+        )
+        reason = _first_line(error.orig)
+        if transient:
+            raise StoreUnavailable(f"database unavailable: {reason}") from None
+        raise StoreError(f"database error: {reason}") from None
+
+
+def _first_line(error: BaseException | None) -> str:
+    text = str(error or "").strip().splitlines()
+    return text[0] if text else type(error).__name__

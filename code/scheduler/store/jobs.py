@@ -1,0 +1,213 @@
+"""Job definitions as loaded, operator overrides (pause, schedule) and their audit trail."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+
+from scheduler.errors import NotFoundError
+from scheduler.registry import JobSpec
+from scheduler.schedules import CronSchedule, IntervalSchedule, Schedule
+from scheduler.store.db import Database
+from scheduler.store.schema import audit, jobs
+
+# Overrides written by one instance are read by others through `changed_since`;
+# the overlap absorbs commits that land slightly out of timestamp order.
+CHANGE_OVERLAP = timedelta(seconds=5)
+
+
+@dataclass(frozen=True)
+class JobRow:
+    name: str
+    definition: dict[str, Any]
+    schedule_text: str
+    anchor_at: datetime
+    defined_at: datetime
+    updated_at: datetime
+    loaded_at: datetime | None
+    paused: bool
+    override_interval_seconds: float | None
+    override_cron: str | None
+    override_timezone: str | None
+    changed_by: str | None
+    changed_at: datetime | None
+
+    @property
+    def overridden(self) -> bool:
+        return self.override_interval_seconds is not None or self.override_cron is not None
+
+    def schedule(self) -> Schedule:
+        """The effective schedule: the operator's override, else the code's."""
+        if self.override_interval_seconds is not None:
+            return IntervalSchedule(timedelta(seconds=self.override_interval_seconds), self.anchor_at)
+        if self.override_cron is not None:
+            return CronSchedule(self.override_cron, self.override_timezone or "UTC")
+        if self.definition.get("interval_seconds") is not None:
+            interval = timedelta(seconds=self.definition["interval_seconds"])
+            start = self.definition.get("start_at")
+            anchor = datetime.fromisoformat(start) if start else self.anchor_at
+            return IntervalSchedule(interval, anchor)
+        return CronSchedule(self.definition["cron"], self.definition.get("timezone") or "UTC")
+
+    @classmethod
+    def from_row(cls, row: sa.Row[Any]) -> JobRow:
+        m = row._mapping
+        return cls(
+            name=m["name"],
+            definition=dict(m["definition"]),
+            schedule_text=m["schedule"],
+            anchor_at=m["anchor_at"],
+            defined_at=m["defined_at"],
+            updated_at=m["updated_at"],
+            loaded_at=m["loaded_at"],
+            paused=bool(m["paused"]),
+            override_interval_seconds=m["override_interval_seconds"],
+            override_cron=m["override_cron"],
+            override_timezone=m["override_timezone"],
+            changed_by=m["changed_by"],
+            changed_at=m["changed_at"],
+        )
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    at: datetime
+    actor: str
+    action: str
+    job: str | None
+    details: dict[str, Any]
+
+
+class JobRepository:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def sync(self, specs: Iterable[JobSpec], now: datetime) -> dict[str, JobRow]:
+        """Record the loaded definitions; keep anchors and overrides. Returns all rows.
+
+        A job seen for the first time is anchored at the next whole second, so
+        its first interval slot comes right after start-up. Concurrent syncs
+        from several instances are harmless: the first insert wins the anchor.
+        """
+        specs = list(specs)
+        anchor = (now + timedelta(seconds=1)).replace(microsecond=0)
+        with self.db.write() as conn:
+            existing = {r.name: r.definition for r in conn.execute(sa.select(jobs.c.name, jobs.c.definition))}
+            new = [s for s in specs if s.name not in existing]
+            changed = [s for s in specs if s.name in existing and existing[s.name] != s.definition()]
+            if new:
+                conn.execute(
+                    _insert_ignore(conn),
+                    [
+                        {
+                            "name": s.name,
+                            "definition": s.definition(),
+                            "schedule": s.describe(),
+                            "anchor_at": anchor,
+                            "defined_at": now,
+                            "updated_at": now,
+                            "loaded_at": now,
+                        }
+                        for s in new
+                    ],
+                )
+            for s in changed:
+                conn.execute(
+                    jobs.update()
+                    .where(jobs.c.name == s.name)
+                    .values(definition=s.definition(), schedule=s.describe(), updated_at=now)
+                )
+            if specs:
+                conn.execute(
+                    jobs.update().where(jobs.c.name.in_([s.name for s in specs])).values(loaded_at=now)
+                )
+            return {r.name: JobRow.from_row(r) for r in conn.execute(sa.select(jobs))}
+
+    def all(self) -> list[JobRow]:
+        with self.db.read() as conn:
+            return [JobRow.from_row(r) for r in conn.execute(sa.select(jobs).order_by(jobs.c.name))]
+
+    def get(self, name: str) -> JobRow:
+        """Raises NotFoundError naming the job."""
+        with self.db.read() as conn:
+            row = conn.execute(sa.select(jobs).where(jobs.c.name == name)).first()
+        if row is None:
+            raise NotFoundError(f"no job named {name!r}")
+        return JobRow.from_row(row)
+
+    def changed_since(self, since: datetime) -> list[JobRow]:
+        with self.db.read() as conn:
+            query = sa.select(jobs).where(jobs.c.updated_at >= since - CHANGE_OVERLAP)
+            return [JobRow.from_row(r) for r in conn.execute(query)]
+
+    def set_paused(self, name: str, paused: bool, actor: str, now: datetime) -> JobRow:
+        """Pause or resume. Raises NotFoundError."""
+        values = {"paused": paused}
+        return self._change(name, values, actor, "pause" if paused else "resume", now)
+
+    def set_schedule(
+        self,
+        name: str,
+        actor: str,
+        now: datetime,
+        *,
+        interval: timedelta | None = None,
+        cron: str | None = None,
+        timezone: str | None = None,
+    ) -> JobRow:
+        """Override the schedule (interval or cron); neither clears the override.
+
+        Raises JobDefinitionError for an invalid schedule, NotFoundError for an unknown job.
+        """
+        if interval is not None:
+            IntervalSchedule(interval, now)
+        if cron is not None:
+            CronSchedule(cron, timezone or "UTC")
+        values = {
+            "override_interval_seconds": interval.total_seconds() if interval else None,
+            "override_cron": cron,
+            "override_timezone": (timezone or "UTC") if cron else None,
+        }
+        action = "set" if interval or cron else "unset"
+        return self._change(name, values, actor, action, now)
+
+    def _change(self, name: str, values: dict[str, Any], actor: str, action: str, now: datetime) -> JobRow:
+        with self.db.write() as conn:
+            result = conn.execute(
+                jobs.update()
+                .where(jobs.c.name == name)
+                .values(**values, changed_by=actor, changed_at=now, updated_at=now)
+            )
+            if result.rowcount == 0:
+                raise NotFoundError(f"no job named {name!r}")
+            details = {k: v for k, v in values.items() if v is not None}
+            conn.execute(audit.insert().values(at=now, actor=actor, action=action, job=name, details=details))
+            row = conn.execute(sa.select(jobs).where(jobs.c.name == name)).one()
+        return JobRow.from_row(row)
+
+    def add_audit(
+        self, actor: str, action: str, job: str | None, details: dict[str, Any], now: datetime
+    ) -> None:
+        with self.db.write() as conn:
+            conn.execute(audit.insert().values(at=now, actor=actor, action=action, job=job, details=details))
+
+    def audit_log(self, job: str | None = None, limit: int = 50) -> list[AuditEntry]:
+        query = sa.select(audit).order_by(audit.c.id.desc()).limit(limit)
+        if job is not None:
+            query = query.where(audit.c.job == job)
+        with self.db.read() as conn:
+            return [AuditEntry(r.at, r.actor, r.action, r.job, dict(r.details)) for r in conn.execute(query)]
+
+
+def _insert_ignore(conn: sa.Connection) -> Any:
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        return pg_insert(jobs).on_conflict_do_nothing(index_elements=["name"])
+    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+    return sqlite_insert(jobs).on_conflict_do_nothing(index_elements=["name"])

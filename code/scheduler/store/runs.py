@@ -1,0 +1,422 @@
+"""Run records: claiming slots, finishing runs, leases, reaping, history.
+
+A slot is claimed by inserting its row: UNIQUE(job, scheduled_for) plus
+ON CONFLICT DO NOTHING lets exactly one instance win it. Finishing a run is a
+conditional UPDATE on (id, fence, status='running'), so an instance whose
+lease was taken away cannot overwrite what the new owner recorded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+
+from scheduler.errors import NotFoundError, StoreError
+from scheduler.store.db import Database
+from scheduler.store.schema import jobs, runs
+
+ACTIVE = ("running", "queued")
+FINAL = ("succeeded", "failed", "timed_out", "skipped", "missed", "abandoned")
+_CHUNK = 500
+
+
+@dataclass(frozen=True)
+class Owner:
+    """Who claims: the instance id, host and pid written on each run row."""
+
+    instance: str
+    host: str
+    pid: int
+
+
+@dataclass(frozen=True)
+class Claim:
+    job: str
+    scheduled_for: datetime
+    trigger: str = "schedule"  # schedule | catchup | manual
+    status: str = "running"  # running (run it) | queued (run later) | skipped | missed
+    if_busy: str = "skipped"  # what a 'running' claim becomes while the job runs: skipped | queued
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """A slot this instance won. `status` is 'running', or 'skipped' if the job was busy."""
+
+    run_id: int
+    job: str
+    scheduled_for: datetime
+    status: str
+    fence: int
+    trigger: str
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The end of a run, as the worker reports it."""
+
+    run_id: int
+    fence: int
+    status: str
+    finished_at: datetime
+    started_at: datetime | None = None  # when the job function began (after jitter)
+    attempt: int = 1
+    error_type: str | None = None
+    error_message: str | None = None
+    error_traceback: str | None = None
+    log: str | None = None
+    log_truncated: bool = False
+
+
+@dataclass(frozen=True)
+class RunRow:
+    id: int
+    job: str
+    scheduled_for: datetime
+    trigger: str
+    status: str
+    attempt: int
+    owner: str | None
+    fence: int
+    host: str | None
+    pid: int | None
+    started_at: datetime | None
+    finished_at: datetime | None
+    error_type: str | None
+    error_message: str | None
+    error_traceback: str | None
+    log: str | None
+    log_truncated: bool
+    lease_expires_at: datetime | None
+
+    @property
+    def duration_seconds(self) -> float | None:
+        if self.started_at is None or self.finished_at is None:
+            return None
+        return (self.finished_at - self.started_at).total_seconds()
+
+    @property
+    def lateness_seconds(self) -> float | None:
+        if self.started_at is None or self.trigger == "manual":
+            return None
+        return (self.started_at - self.scheduled_for).total_seconds()
+
+    @classmethod
+    def from_row(cls, row: sa.Row[Any]) -> RunRow:
+        m = row._mapping
+        return cls(**{name: m[name] for name in cls.__dataclass_fields__})
+
+
+class RunRepository:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def claim(
+        self, claims: Sequence[Claim], owner: Owner, now: datetime, lease_until: datetime
+    ) -> list[Claimed]:
+        """Insert the slots' rows in one transaction; return the ones this instance won.
+
+        A slot already claimed by anyone is silently not returned (a lost race
+        is not an error). A 'running' claim for a job that is running anywhere
+        becomes 'skipped'. Raises StoreUnavailable if the database is away.
+        """
+        if not claims:
+            return []
+        won: list[Claimed] = []
+        with self.db.write() as conn:
+            names = sorted({c.job for c in claims if c.status == "running"})
+            busy = self._lock_and_find_busy(conn, names)
+            waiting = self._with_queued(conn, [c.job for c in claims if c.if_busy == "queued"])
+            rows = []
+            for c in claims:
+                status = c.status
+                if status == "running" and c.job in busy:
+                    status = c.if_busy
+                    # overlap="queue" keeps at most one run waiting per job
+                    if status == "queued" and c.job in waiting:
+                        status = "skipped"
+                if status == "running":
+                    busy.add(c.job)
+                if status == "queued":
+                    waiting.add(c.job)
+                running = status == "running"
+                rows.append(
+                    {
+                        "job": c.job,
+                        "scheduled_for": c.scheduled_for,
+                        "trigger": c.trigger,
+                        "status": status,
+                        "attempt": 1 if running else 0,
+                        "owner": owner.instance,
+                        "fence": 1,
+                        "lease_expires_at": lease_until if running else None,
+                        "host": owner.host,
+                        "pid": owner.pid,
+                        "claimed_at": now,
+                        "started_at": now if running else None,
+                        "finished_at": None if running else now,
+                    }
+                )
+            for start in range(0, len(rows), _CHUNK):
+                chunk = rows[start : start + _CHUNK]
+                stmt = _insert(conn).on_conflict_do_nothing(index_elements=["job", "scheduled_for"])
+                stmt = stmt.returning(
+                    runs.c.id, runs.c.job, runs.c.scheduled_for, runs.c.status, runs.c.trigger
+                )
+                for r in conn.execute(stmt, chunk):
+                    won.append(Claimed(r.id, r.job, r.scheduled_for, r.status, 1, r.trigger))
+        return won
+
+    def _lock_and_find_busy(self, conn: sa.Connection, names: list[str]) -> set[str]:
+        """Serialise claims per job, then list the jobs that have a running run.
+
+        The row locks (PostgreSQL) close the race where two instances claim two
+        different slots of one job at once and both see it idle. SQLite has a
+        single writer already.
+        """
+        busy: set[str] = set()
+        for start in range(0, len(names), _CHUNK):
+            chunk = names[start : start + _CHUNK]
+            if conn.dialect.name == "postgresql":
+                conn.execute(
+                    sa.select(jobs.c.name)
+                    .where(jobs.c.name.in_(chunk))
+                    .order_by(jobs.c.name)
+                    .with_for_update()
+                )
+            query = sa.select(runs.c.job).where(runs.c.status == "running", runs.c.job.in_(chunk)).distinct()
+            busy.update(conn.execute(query).scalars())
+        return busy
+
+    def _with_queued(self, conn: sa.Connection, names: list[str]) -> set[str]:
+        found: set[str] = set()
+        unique = sorted(set(names))
+        for start in range(0, len(unique), _CHUNK):
+            query = sa.select(runs.c.job).where(
+                runs.c.status == "queued", runs.c.job.in_(unique[start : start + _CHUNK])
+            )
+            found.update(conn.execute(query.distinct()).scalars())
+        return found
+
+    def enqueue(self, job: str, now: datetime) -> int:
+        """A manual run request; some instance that knows the job runs it once.
+
+        Its slot is the request time, nudged by a microsecond on a collision.
+        """
+        with self.db.write() as conn:
+            for nudge in range(1000):
+                slot = now + timedelta(microseconds=nudge)
+                stmt = _insert(conn).on_conflict_do_nothing(index_elements=["job", "scheduled_for"])
+                row = conn.execute(
+                    stmt.values(
+                        job=job,
+                        scheduled_for=slot,
+                        trigger="manual",
+                        status="queued",
+                        claimed_at=now,
+                    ).returning(runs.c.id)
+                ).first()
+                if row is not None:
+                    return int(row.id)
+        raise StoreError(f"could not queue a run of {job!r}")
+
+    def take_queued(
+        self, names: Iterable[str], owner: Owner, now: datetime, lease_until: datetime
+    ) -> list[Claimed]:
+        """Claim queued (manual or retried) runs of jobs this instance knows.
+
+        Each comes back 'running', or 'skipped' when the job is busy.
+        """
+        known = set(names)
+        with self.db.write() as conn:
+            query = (
+                sa.select(runs.c.id, runs.c.job, runs.c.fence, runs.c.trigger)
+                .where(runs.c.status == "queued")
+                .order_by(runs.c.id)
+            )
+            if conn.dialect.name == "postgresql":
+                query = query.with_for_update(skip_locked=True)
+            queued = [r for r in conn.execute(query.limit(100)) if r.job in known]
+            if not queued:
+                return []
+            busy = self._lock_and_find_busy(conn, sorted({r.job for r in queued}))
+            taken: list[Claimed] = []
+            for r in queued:
+                if r.job in busy and r.trigger != "manual":
+                    continue  # a queued slot waits for the job to be free
+                status = "skipped" if r.job in busy else "running"
+                busy.add(r.job)  # two queued runs of one job: the second waits or is skipped
+                fence = r.fence + 1
+                row = conn.execute(
+                    runs.update()
+                    .where(runs.c.id == r.id, runs.c.status == "queued")
+                    .values(
+                        status=status,
+                        owner=owner.instance,
+                        host=owner.host,
+                        pid=owner.pid,
+                        fence=fence,
+                        attempt=runs.c.attempt + (1 if status == "running" else 0),
+                        lease_expires_at=lease_until if status == "running" else None,
+                        started_at=now if status == "running" else None,
+                        finished_at=None if status == "running" else now,
+                    )
+                    .returning(runs.c.id, runs.c.job, runs.c.scheduled_for, runs.c.trigger)
+                ).first()
+                if row is not None:
+                    taken.append(Claimed(row.id, row.job, row.scheduled_for, status, fence, row.trigger))
+            return taken
+
+    def finish(self, outcomes: Sequence[Outcome]) -> list[int]:
+        """Record run ends in one transaction; return the ids whose lease was lost."""
+        lost: list[int] = []
+        with self.db.write() as conn:
+            for o in outcomes:
+                result = conn.execute(
+                    runs.update()
+                    .where(runs.c.id == o.run_id, runs.c.fence == o.fence, runs.c.status == "running")
+                    .values(
+                        status=o.status,
+                        started_at=o.started_at or runs.c.started_at,
+                        finished_at=o.finished_at,
+                        attempt=o.attempt,
+                        error_type=o.error_type,
+                        error_message=o.error_message,
+                        error_traceback=o.error_traceback,
+                        log=o.log,
+                        log_truncated=o.log_truncated,
+                        lease_expires_at=None,
+                    )
+                )
+                if result.rowcount == 0:
+                    lost.append(o.run_id)
+        return lost
+
+    def set_attempt(self, run_id: int, fence: int, attempt: int) -> bool:
+        with self.db.write() as conn:
+            result = conn.execute(
+                runs.update()
+                .where(runs.c.id == run_id, runs.c.fence == fence, runs.c.status == "running")
+                .values(attempt=attempt)
+            )
+            return result.rowcount == 1
+
+    def renew(self, owner: str, lease_until: datetime) -> int:
+        """Extend the leases of this instance's running runs; returns how many."""
+        with self.db.write() as conn:
+            result = conn.execute(
+                runs.update()
+                .where(runs.c.owner == owner, runs.c.status == "running")
+                .values(lease_expires_at=lease_until)
+            )
+            return int(result.rowcount)
+
+    def requeue(self, run_ids: Sequence[int]) -> int:
+        """Put abandoned runs back in the queue (a retry after their owner died)."""
+        if not run_ids:
+            return 0
+        with self.db.write() as conn:
+            result = conn.execute(
+                runs.update()
+                .where(runs.c.id.in_(list(run_ids)), runs.c.status == "abandoned")
+                .values(status="queued", owner=None, finished_at=None)
+            )
+            return int(result.rowcount)
+
+    def reap(self, now: datetime, *, owner: str | None = None, reason: str) -> list[RunRow]:
+        """Mark running runs abandoned: those whose lease expired, or all of `owner`'s."""
+        condition = runs.c.owner == owner if owner else runs.c.lease_expires_at < now
+        with self.db.write() as conn:
+            result = conn.execute(
+                runs.update()
+                .where(runs.c.status == "running", condition)
+                .values(
+                    status="abandoned",
+                    finished_at=now,
+                    fence=runs.c.fence + 1,
+                    lease_expires_at=None,
+                    error_type="Abandoned",
+                    error_message=reason,
+                )
+                .returning(*runs.c)
+            )
+            return [RunRow.from_row(r) for r in result]
+
+    def reap_local(self, host: str, is_alive: Callable[[int], bool], now: datetime) -> list[RunRow]:
+        """Abandon at once the running runs of processes on this host that have died."""
+        with self.db.read() as conn:
+            rows = conn.execute(
+                sa.select(runs.c.owner, runs.c.pid)
+                .where(runs.c.status == "running", runs.c.host == host)
+                .distinct()
+            ).all()
+        reaped: list[RunRow] = []
+        for owner, pid in rows:
+            if owner and pid is not None and not is_alive(pid):
+                reason = f"process {pid} on {host} died while running it"
+                reaped += self.reap(now, owner=owner, reason=reason)
+        return reaped
+
+    def last_slots(self) -> dict[str, datetime]:
+        """The latest scheduled (not manual) slot recorded per job."""
+        with self.db.read() as conn:
+            query = (
+                sa.select(runs.c.job, sa.func.max(runs.c.scheduled_for))
+                .where(runs.c.trigger != "manual")
+                .group_by(runs.c.job)
+            )
+            return {job: _aware(at) for job, at in conn.execute(query)}
+
+    def get(self, run_id: int) -> RunRow:
+        """Raises NotFoundError."""
+        with self.db.read() as conn:
+            row = conn.execute(sa.select(runs).where(runs.c.id == run_id)).first()
+        if row is None:
+            raise NotFoundError(f"no run with id {run_id}")
+        return RunRow.from_row(row)
+
+    def history(self, job: str | None = None, status: str | None = None, limit: int = 50) -> list[RunRow]:
+        query = sa.select(runs).order_by(runs.c.scheduled_for.desc(), runs.c.id.desc()).limit(limit)
+        if job is not None:
+            query = query.where(runs.c.job == job)
+        if status is not None:
+            query = query.where(runs.c.status == status)
+        with self.db.read() as conn:
+            return [RunRow.from_row(r) for r in conn.execute(query)]
+
+    def latest_per_job(self) -> dict[str, RunRow]:
+        """Each job's most recent run row (by slot)."""
+        latest = sa.select(runs.c.job, sa.func.max(runs.c.id).label("id")).group_by(runs.c.job).subquery()
+        with self.db.read() as conn:
+            rows = conn.execute(sa.select(runs).join(latest, runs.c.id == latest.c.id))
+            return {r.job: RunRow.from_row(r) for r in rows}
+
+    def count_by_status(self) -> dict[tuple[str, str], int]:
+        with self.db.read() as conn:
+            query = sa.select(runs.c.job, runs.c.status, sa.func.count()).group_by(runs.c.job, runs.c.status)
+            return {(job, status): int(n) for job, status, n in conn.execute(query)}
+
+    def prune(self, before: datetime) -> int:
+        """Delete finished runs whose slot is older than `before`; returns how many."""
+        with self.db.write() as conn:
+            result = conn.execute(
+                runs.delete().where(runs.c.scheduled_for < before, runs.c.status.in_(FINAL))
+            )
+            return int(result.rowcount)
+
+
+def _insert(conn: sa.Connection) -> Any:
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        return pg_insert(runs)
+    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+    return sqlite_insert(runs)
+
+
+def _aware(at: datetime) -> datetime:
+    return at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
