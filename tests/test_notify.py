@@ -214,8 +214,8 @@ def token_notifier(server: FakeSlack, **kw: Any) -> TokenNotifier:
     return TokenNotifier(TOKEN, "#dev-notify", base_url=server.api_url, **kw)
 
 
-def both_modes(server: FakeSlack) -> list[TokenNotifier | WebhookNotifier]:
-    return [token_notifier(server), WebhookNotifier(server.webhook_url)]
+def notifier_for(mode: str, server: FakeSlack) -> TokenNotifier | WebhookNotifier:
+    return token_notifier(server) if mode == "token" else WebhookNotifier(server.webhook_url)
 
 
 def test_token_mode_posts_to_chat_postmessage_with_bearer_token(fake_slack: FakeSlack) -> None:
@@ -257,7 +257,7 @@ def test_webhook_mode_posts_the_payload_to_the_webhook_url(fake_slack: FakeSlack
 
 @pytest.mark.parametrize("mode", ["token", "webhook"])
 def test_rate_limit_is_transient_with_retry_after(fake_slack: FakeSlack, mode: str) -> None:
-    notifier = both_modes(fake_slack)[mode == "webhook"]
+    notifier = notifier_for(mode, fake_slack)
     fake_slack.fail_next(1, status=429, retry_after=7)
 
     with pytest.raises(TransportError) as caught:
@@ -270,7 +270,7 @@ def test_rate_limit_is_transient_with_retry_after(fake_slack: FakeSlack, mode: s
 
 @pytest.mark.parametrize("mode", ["token", "webhook"])
 def test_rate_limit_without_retry_after_leaves_it_to_the_caller(fake_slack: FakeSlack, mode: str) -> None:
-    notifier = both_modes(fake_slack)[mode == "webhook"]
+    notifier = notifier_for(mode, fake_slack)
     fake_slack.fail_next(1, status=429)
 
     with pytest.raises(TransportError) as caught:
@@ -282,7 +282,7 @@ def test_rate_limit_without_retry_after_leaves_it_to_the_caller(fake_slack: Fake
 @pytest.mark.parametrize("status", [500, 503])
 @pytest.mark.parametrize("mode", ["token", "webhook"])
 def test_server_error_is_transient(fake_slack: FakeSlack, mode: str, status: int) -> None:
-    notifier = both_modes(fake_slack)[mode == "webhook"]
+    notifier = notifier_for(mode, fake_slack)
     fake_slack.fail_next(1, status=status)
 
     with pytest.raises(TransportError) as caught:
@@ -341,7 +341,7 @@ def test_failure_is_followed_by_success_on_the_next_send(fake_slack: FakeSlack) 
 
 
 def test_connection_refused_is_transient(refused_url: str) -> None:
-    notifiers = [
+    notifiers: list[TokenNotifier | WebhookNotifier] = [
         TokenNotifier(TOKEN, "#dev-notify", base_url=refused_url + "api/"),
         WebhookNotifier(refused_url + "webhook/secret-path-123"),
     ]
@@ -353,7 +353,7 @@ def test_connection_refused_is_transient(refused_url: str) -> None:
 
 @pytest.mark.parametrize("mode", ["token", "webhook"])
 def test_dropped_connection_is_transient_and_not_retried(fake_slack: FakeSlack, mode: str) -> None:
-    notifier = both_modes(fake_slack)[mode == "webhook"]
+    notifier = notifier_for(mode, fake_slack)
     fake_slack.drop_next(2)
 
     with pytest.raises(TransportError) as caught:
@@ -365,7 +365,7 @@ def test_dropped_connection_is_transient_and_not_retried(fake_slack: FakeSlack, 
 
 
 def test_timeout_is_transient(fake_slack: FakeSlack) -> None:
-    notifiers = [
+    notifiers: list[TokenNotifier | WebhookNotifier] = [
         token_notifier(fake_slack, timeout=0.2),
         WebhookNotifier(fake_slack.webhook_url, timeout=0.2),
     ]

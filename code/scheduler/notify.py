@@ -235,6 +235,8 @@ class WebhookNotifier:
         """
         try:
             response = self._client.send_dict(dict(payload))
+        # Every failure becomes a TransportError with scrubbed text and no
+        # chained cause: slack_sdk's messages may carry the webhook URL.
         except Exception as exc:
             raise _wrap(exc, self._secrets) from None
         if response.status_code == 200:
