@@ -7,6 +7,7 @@ definition, which is what lets the database settle who runs each one.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -91,7 +92,13 @@ class CronSchedule:
     def next_after(self, instant: datetime) -> datetime:
         zone = ZoneInfo(self.timezone)
         local = instant.astimezone(zone)
-        return next(CronSim(self.expression, local)).astimezone(UTC)
+        # From the second fold of a fall-back hour cronsim can yield a time in the first
+        # fold, i.e. before `instant`; skip such ticks so the slot is strictly after.
+        for tick in CronSim(self.expression, local):
+            slot = tick.astimezone(UTC)
+            if slot > instant:
+                return slot
+        raise JobDefinitionError(f"cron {self.expression!r} has no slot after {instant.isoformat()}")
 
     def previous_before(self, instant: datetime) -> datetime | None:
         local = instant.astimezone(ZoneInfo(self.timezone))
@@ -99,7 +106,13 @@ class CronSchedule:
             # cronsim skips the initial tick for fractional seconds; start at the whole second after
             local = local.replace(microsecond=0) + timedelta(seconds=1)
         slot = next(CronSim(self.expression, local, reverse=True)).astimezone(UTC)
-        return slot if slot < instant else self.previous_before(slot)
+        if slot >= instant:
+            return self.previous_before(slot)
+        # Walking back, cronsim can miss slots of the repeated hour on a fall-back day;
+        # walking forward from the slot it found fills the gap.
+        while (following := self.next_after(slot)) < instant:
+            slot = following
+        return slot
 
     def describe(self) -> str:
         return f"cron {self.expression} ({self.timezone})"
@@ -154,6 +167,11 @@ def parse_interval(text: str) -> timedelta:
         value = float(number) * units[unit]
     except ValueError:
         raise JobDefinitionError(f"bad interval {text!r}: use e.g. 30s, 5m, 2h") from None
+    if not math.isfinite(value):
+        raise JobDefinitionError(f"bad interval {text!r}: use e.g. 30s, 5m, 2h")
     if value <= 0:
         raise JobDefinitionError(f"interval must be positive, got {text!r}")
-    return timedelta(seconds=value)
+    try:
+        return timedelta(seconds=value)
+    except OverflowError:
+        raise JobDefinitionError(f"bad interval {text!r}: too large") from None
