@@ -219,12 +219,13 @@ def load_jobs(path: Path) -> LoadResult:
             continue
         try:
             module = _import_fresh(file)
-        except Exception as exc:
+            specs = _specs_in(module)  # a timeloop job is validated here, after import
+        except (Exception, SystemExit) as exc:  # a module calling sys.exit() must not stop the daemon
             message = _one_line(exc)
             detail = traceback.format_exc()
             result.problems.append(LoadProblem(_rel(file), message, detail))
             continue
-        for spec in _specs_in(module):
+        for spec in specs:
             if spec.name in result.specs:
                 first = result.specs[spec.name].module
                 message = f"duplicate job name {spec.name!r} (first defined in {first})"
