@@ -157,7 +157,7 @@ class RunRepository:
                         "pid": owner.pid,
                         "claimed_at": now,
                         "started_at": now if running else None,
-                        "finished_at": None if running else now,
+                        "finished_at": now if status in FINAL else None,  # a queued run has not ended
                     }
                 )
             for start in range(0, len(rows), _CHUNK):

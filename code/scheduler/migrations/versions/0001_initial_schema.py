@@ -86,7 +86,7 @@ def upgrade() -> None:
         sa.Column("defined_at", scheduler.store.schema.UTCDateTime(timezone=True), nullable=False),
         sa.Column("updated_at", scheduler.store.schema.UTCDateTime(timezone=True), nullable=False),
         sa.Column("loaded_at", scheduler.store.schema.UTCDateTime(timezone=True), nullable=True),
-        sa.Column("paused", sa.Boolean(), server_default=sa.text("0"), nullable=False),
+        sa.Column("paused", sa.Boolean(), server_default=sa.false(), nullable=False),
         sa.Column("override_interval_seconds", sa.Float(), nullable=True),
         sa.Column("override_cron", sa.String(length=200), nullable=True),
         sa.Column("override_timezone", sa.String(length=64), nullable=True),
@@ -131,7 +131,7 @@ def upgrade() -> None:
         sa.Column("error_message", sa.Text(), nullable=True),
         sa.Column("error_traceback", sa.Text(), nullable=True),
         sa.Column("log", sa.Text(), nullable=True),
-        sa.Column("log_truncated", sa.Boolean(), server_default=sa.text("0"), nullable=False),
+        sa.Column("log_truncated", sa.Boolean(), server_default=sa.false(), nullable=False),
         sa.PrimaryKeyConstraint("id"),
         sa.UniqueConstraint("job", "scheduled_for", name="uq_runs_job_slot"),
     )
