@@ -6,7 +6,10 @@ the leader runs the chores (reaping the work of dead instances, retention,
 the watchdog), and only while its lease is provably held: it stops acting as
 soon as a renewal fails. After a database outage it waits `settle_time`
 before reaping, so peers that were merely cut off too get to renew first.
-Invariant (checked in config): lease_ttl >= 3 x heartbeat.
+The leader's writes are fenced by its term: a deposed leader's reap matches
+no row. At a graceful stop the instance steps down at once but keeps
+renewing the leases of the runs it is still finishing (draining).
+Invariant (checked in config): lease_ttl >= 3 x heartbeat. See docs/COORDINATION.md.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from datetime import datetime, timedelta
 
 from scheduler import __version__
@@ -23,12 +26,14 @@ from scheduler.config import Settings
 from scheduler.errors import AlreadyRunningError, SchedulerError
 from scheduler.health import Health
 from scheduler.store import InstanceRow, Owner, Store
-from scheduler.store.cluster import LEADER
+from scheduler.store.cluster import LEADER, LeaderFence
 
 log = logging.getLogger(__name__)
 
 Chore = Callable[[datetime], None]
 RETENTION_EVERY = timedelta(hours=1)
+# How often an instance compares the jobs in the database with the jobs it loaded.
+UNKNOWN_JOBS_EVERY = timedelta(seconds=30)
 
 
 def pid_alive(pid: int) -> bool:
@@ -42,19 +47,43 @@ def pid_alive(pid: int) -> bool:
 
 
 class Coordinator:
-    def __init__(self, store: Store, clock: Clock, settings: Settings, owner: Owner, health: Health) -> None:
+    """One instance's side of the cluster protocol.
+
+    `active_runs` returns the ids of the runs this process still answers for
+    (running, or ended with the outcome not yet written). Only their leases
+    are renewed, so a run row this process does not know (a claim whose
+    commit was lost with the connection) expires and is reaped. None renews
+    every running run of this instance.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        clock: Clock,
+        settings: Settings,
+        owner: Owner,
+        health: Health,
+        active_runs: Callable[[], Collection[int]] | None = None,
+    ) -> None:
         self.store = store
         self.clock = clock
         self.settings = settings
         self.owner = owner
         self.health = health
+        self.active_runs = active_runs
         self.chores: list[tuple[str, Chore]] = []
         self.is_leader = False
         self.term: int | None = None
+        self.draining = False
+        self._lock = threading.Lock()  # step() and step_down() never interleave
         self._lease_valid_until = 0.0
         self._settle_until = 0.0
         self._last_retention: datetime | None = None
         self._was_down = False
+        self._jobs: set[str] = set()
+        self._unknown_checked: datetime | None = None
+        self._reported_unknown: set[str] = set()
+        self._reported_orphans: set[str] = set()
 
     # -- start-up -------------------------------------------------------------
 
@@ -73,6 +102,8 @@ class Coordinator:
             )
 
     def register(self, jobs: list[str], problems: list[dict[str, str]], now: datetime) -> None:
+        self._jobs = set(jobs)
+        self._unknown_checked = None
         self.store.cluster.register(
             InstanceRow(
                 id=self.owner.instance,
@@ -93,14 +124,24 @@ class Coordinator:
 
     def step(self, now: datetime) -> str:
         """One heartbeat cycle; returns a sentence saying what was decided and why."""
+        with self._lock:
+            return self._step(now)
+
+    def _step(self, now: datetime) -> str:
         mono = self.clock.monotonic()
         expires = now + self.settings.lease_ttl
         try:
             if not self.store.cluster.heartbeat(self.owner.instance, now, expires):
                 log.warning("peers declared this instance dead (heartbeat lapsed); rejoining")
                 self.store.cluster.revive(self.owner.instance, now, expires)
-            self.store.runs.renew(self.owner.instance, expires)
+            self._renew(expires)
+            if self.draining:
+                return "draining: renewing the leases of the runs still finishing"
             term = self.store.cluster.acquire(LEADER, self.owner.instance, now, expires)
+            check_jobs = self._unknown_checked is None or now - self._unknown_checked >= UNKNOWN_JOBS_EVERY
+            if check_jobs:
+                self._unknown_checked = now
+                self._check_unknown_jobs(now)
         except SchedulerError as exc:
             self._lose_leadership("cannot reach the database")
             self.health.database(False, str(exc))
@@ -119,7 +160,11 @@ class Coordinator:
         self._lease_valid_until = mono + self.settings.lease_ttl.total_seconds()
         if mono < self._settle_until:
             return "leader: settling after a database outage, not reaping yet"
-        return "leader: " + self._chores(now)
+        return "leader: " + self._chores(now, check_jobs)
+
+    def _renew(self, expires: datetime) -> None:
+        ids = None if self.active_runs is None else self.active_runs()
+        self.store.runs.renew(self.owner.instance, expires, ids)
 
     def _lose_leadership(self, why: str) -> None:
         if self.is_leader:
@@ -129,11 +174,17 @@ class Coordinator:
     def holds_lease(self) -> bool:
         return self.is_leader and self.clock.monotonic() < self._lease_valid_until
 
-    def _chores(self, now: datetime) -> str:
+    def _fence(self) -> LeaderFence:
+        assert self.term is not None
+        return LeaderFence(LEADER, self.owner.instance, self.term)
+
+    def _chores(self, now: datetime, check_jobs: bool) -> str:
         done = [self._reap(now)]
         if self._last_retention is None or now - self._last_retention >= RETENTION_EVERY:
             self._last_retention = now
             done.append(self._retention(now))
+        if check_jobs:
+            done.append(self._report_orphans(now))
         for name, chore in self.chores:
             if not self.holds_lease():
                 return "lease expired during chores; stopped"
@@ -144,7 +195,8 @@ class Coordinator:
         return ", ".join(d for d in done if d) or "nothing to do"
 
     def _reap(self, now: datetime) -> str:
-        dead = self.store.cluster.mark_expired_dead(now)
+        fence = self._fence()
+        dead = self.store.cluster.mark_expired_dead(now, fence)
         for inst in dead:
             log.warning(
                 "instance %s (%s pid %d) stopped heartbeating; taking over its work",
@@ -153,7 +205,9 @@ class Coordinator:
                 inst.pid,
                 extra={"action": "reap"},
             )
-        reaped = self.store.runs.reap(now, reason="owner stopped renewing its lease (instance lost)")
+        reaped = self.store.runs.reap(
+            now, reason="owner stopped renewing its lease (instance lost)", fence=fence
+        )
         if not reaped:
             return f"{len(dead)} dead instances" if dead else ""
         definitions = {row.name: row.definition for row in self.store.jobs.all()}
@@ -169,6 +223,50 @@ class Coordinator:
                 extra={"job": run.job, "run_id": run.id, "action": "reap"},
             )
         return f"reaped {len(reaped)} runs ({len(retry)} requeued)"
+
+    # -- jobs this instance does not have ---------------------------------------
+
+    def _check_unknown_jobs(self, now: datetime) -> None:
+        """Say once per job when the database has a job whose code is not here.
+
+        Such a job is left to the instances that loaded it: this one never
+        claims its slots nor takes its queued runs.
+        """
+        names = {row.name for row in self.store.jobs.all()}
+        unknown = names - self._jobs - self._reported_unknown
+        if not unknown:
+            return
+        holders = self._holders(now)
+        for name in sorted(unknown):
+            others = ", ".join(holders.get(name, [])) or "none alive"
+            log.warning(
+                "job %s is not loaded on this instance (its code is not here); left to: %s",
+                name,
+                others,
+                extra={"job": name, "action": "unknown-job"},
+            )
+        self._reported_unknown |= unknown
+
+    def _holders(self, now: datetime) -> dict[str, list[str]]:
+        holders: dict[str, list[str]] = {}
+        for inst in self.store.cluster.alive(now):
+            for name in inst.jobs:
+                holders.setdefault(name, []).append(inst.host)
+        return holders
+
+    def _report_orphans(self, now: datetime) -> str:
+        """Leader: jobs in the database that no live instance has loaded are not run at all."""
+        names = {row.name for row in self.store.jobs.all() if not row.paused}
+        holders = self._holders(now)
+        orphans = {n for n in names if n not in holders}
+        for name in sorted(orphans - self._reported_orphans):
+            log.warning(
+                "job %s is loaded by no live instance: its slots are not run",
+                name,
+                extra={"job": name, "action": "orphan-job"},
+            )
+        self._reported_orphans = orphans
+        return f"{len(orphans)} jobs without an instance" if orphans else ""
 
     def _retention(self, now: datetime) -> str:
         cutoff = now - self.settings.retention
@@ -194,11 +292,29 @@ class Coordinator:
                 )
             self.clock.wait(max(0.0, period - elapsed), stop)
 
+    def step_down(self) -> None:
+        """Graceful stop, first step: give up the leader lease at once, keep renewing runs.
+
+        A peer takes the lead at its next cycle instead of after the TTL.
+        """
+        with self._lock:
+            self.draining = True
+            was_leader, self.is_leader = self.is_leader, False
+            try:
+                self.store.cluster.release(LEADER, self.owner.instance)
+            except SchedulerError as exc:
+                log.warning("could not release the leader lease: %s", exc)
+                return
+        if was_leader:
+            log.info("stepped down as leader (stopping)", extra={"action": "follower"})
+
     def release(self, now: datetime) -> None:
         """Give up the leader lease and leave the cluster at once (graceful stop)."""
-        try:
-            self.store.cluster.release(LEADER, self.owner.instance)
-            self.store.cluster.mark_stopped(self.owner.instance, now)
-        except SchedulerError as exc:
-            log.warning("could not release leases at exit: %s", exc)
-        self.is_leader = False
+        with self._lock:
+            self.draining = True
+            try:
+                self.store.cluster.release(LEADER, self.owner.instance)
+                self.store.cluster.mark_stopped(self.owner.instance, now)
+            except SchedulerError as exc:
+                log.warning("could not release leases at exit: %s", exc)
+            self.is_leader = False

@@ -44,6 +44,7 @@ class Recorder:
         self._cond = threading.Condition()
         self._closing = False
         self._thread: threading.Thread | None = None
+        self._writing: set[int] = set()
         self.written = 0
         self.lost_leases = 0
 
@@ -57,6 +58,11 @@ class Recorder:
         with self._cond:
             return len(self._queue)
 
+    def pending_runs(self) -> set[int]:
+        """Ids of the runs whose outcome is not written yet (their leases must stay renewed)."""
+        with self._cond:
+            return {o.run_id for o in self._queue} | self._writing
+
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name="recorder", daemon=True)
         self._thread.start()
@@ -65,6 +71,7 @@ class Recorder:
         """Write what is queued now; False if the database did not take it."""
         with self._cond:
             batch = [self._queue.popleft() for _ in range(min(BATCH, len(self._queue)))]
+            self._writing = {o.run_id for o in batch}
         if not batch:
             return True
         try:
@@ -72,8 +79,11 @@ class Recorder:
         except (StoreUnavailable, SchedulerError) as exc:
             with self._cond:
                 self._queue.extendleft(reversed(batch))
+                self._writing = set()
             self._on_health(False, str(exc))
             return False
+        with self._cond:
+            self._writing = set()
         self._on_health(True, "")
         self.written += len(batch) - len(lost)
         for run_id in lost:

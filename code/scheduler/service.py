@@ -61,8 +61,13 @@ class Service:
             min(1.0, settings.heartbeat.total_seconds()),
             self.health,
         )
-        self.coordinator = Coordinator(self.store, self.clock, settings, self.owner, self.health)
+        self.coordinator = Coordinator(
+            self.store, self.clock, settings, self.owner, self.health, self._answering_for
+        )
         self._threads: list[threading.Thread] = []
+        # The coordinator outlives the other loops at shutdown: it renews the leases of runs still finishing.
+        self._drained = threading.Event()
+        self._coordinator_thread: threading.Thread | None = None
         self.on_stop: list[Callable[[], None]] = []
 
     @property
@@ -102,13 +107,17 @@ class Service:
             self.store.safe_url,
         )
         self.recorder.start()
-        self._spawn("coordinator", self.coordinator.run)
+        self._coordinator_thread = self._spawn("coordinator", self.coordinator.run, self._drained)
         self._spawn("dispatcher", self.dispatcher.run)
 
-    def _spawn(self, name: str, target: Callable[[threading.Event], None]) -> None:
-        thread = threading.Thread(target=target, args=(self.stop_event,), name=name, daemon=True)
+    def _spawn(
+        self, name: str, target: Callable[[threading.Event], None], stop: threading.Event | None = None
+    ) -> threading.Thread:
+        thread = threading.Thread(target=target, args=(stop or self.stop_event,), name=name, daemon=True)
         thread.start()
-        self._threads.append(thread)
+        if stop is None:
+            self._threads.append(thread)
+        return thread
 
     def _load_jobs(self, now: datetime) -> None:
         result = load_jobs(self.settings.jobs_path)
@@ -132,6 +141,10 @@ class Service:
             self.store.runs.set_attempt(claimed.run_id, claimed.fence, attempt)
         except SchedulerError as exc:
             log.warning("could not record attempt %d of run %s: %s", attempt, claimed.run_id, exc)
+
+    def _answering_for(self) -> set[int]:
+        """Runs whose leases this process renews: running here, or ended with the outcome unwritten."""
+        return {a.claimed.run_id for a in self.runner.active()} | self.recorder.pending_runs()
 
     def _on_run_done(self, run: ActiveRun) -> None:
         # A queued slot of this job may now run: let the dispatcher look at once.
@@ -167,6 +180,8 @@ class Service:
 
     def shutdown(self) -> None:
         self.request_stop()
+        # Hand the leader lease over now, not after the grace period; runs keep their leases.
+        self.coordinator.step_down()
         for thread in self._threads:
             thread.join(timeout=5)
         grace = self.settings.grace_period.total_seconds()
@@ -185,6 +200,9 @@ class Service:
                 log.warning("run %s of %s abandoned at shutdown", run.id, run.job, extra={"run_id": run.id})
         except SchedulerError as exc:
             log.error("could not mark unfinished runs abandoned: %s", exc)
+        self._drained.set()
+        if self._coordinator_thread is not None:
+            self._coordinator_thread.join(timeout=5)
         for hook in self.on_stop:
             hook()
         self.coordinator.release(now)

@@ -15,6 +15,23 @@ LEADER = "leader"
 
 
 @dataclass(frozen=True)
+class LeaderFence:
+    """The lease a leader's write was decided under; the write applies only while it is still held."""
+
+    name: str
+    holder: str
+    term: int
+
+    def holds(self) -> sa.ColumnElement[bool]:
+        """A WHERE condition: the lease still has this holder and term (checked in the same statement)."""
+        return sa.exists(
+            sa.select(leases.c.name).where(
+                leases.c.name == self.name, leases.c.holder == self.holder, leases.c.term == self.term
+            )
+        )
+
+
+@dataclass(frozen=True)
 class InstanceRow:
     id: str
     host: str
@@ -84,12 +101,18 @@ class ClusterRepository:
                 .values(status="stopped", stopped_at=now, expires_at=now)
             )
 
-    def mark_expired_dead(self, now: datetime) -> list[InstanceRow]:
-        """Alive instances whose heartbeat lapsed become 'dead'; returns them."""
+    def mark_expired_dead(self, now: datetime, fence: LeaderFence | None = None) -> list[InstanceRow]:
+        """Alive instances whose heartbeat lapsed become 'dead'; returns them.
+
+        With a fence, nothing changes unless that leader lease is still held.
+        """
+        condition = [instances.c.status == "alive", instances.c.expires_at < now]
+        if fence is not None:
+            condition.append(fence.holds())
         with self.db.write() as conn:
             result = conn.execute(
                 instances.update()
-                .where(instances.c.status == "alive", instances.c.expires_at < now)
+                .where(*condition)
                 .values(status="dead", stopped_at=now)
                 .returning(*instances.c)
             )
@@ -148,6 +171,7 @@ class ClusterRepository:
             return None if result is None else int(result.term)
 
     def release(self, name: str, holder: str) -> None:
+        """Give the lease up now (no-op if another holds it); a peer can take it at once."""
         with self.db.write() as conn:
             conn.execute(
                 leases.update()

@@ -8,7 +8,7 @@ lease was taken away cannot overwrite what the new owner recorded.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -16,6 +16,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from scheduler.errors import NotFoundError, StoreError
+from scheduler.store.cluster import LeaderFence
 from scheduler.store.db import Database
 from scheduler.store.schema import jobs, runs
 
@@ -304,15 +305,24 @@ class RunRepository:
             )
             return result.rowcount == 1
 
-    def renew(self, owner: str, lease_until: datetime) -> int:
-        """Extend the leases of this instance's running runs; returns how many."""
+    def renew(self, owner: str, lease_until: datetime, ids: Collection[int] | None = None) -> int:
+        """Extend the leases of this instance's running runs (only `ids`, if given); returns how many."""
+        if ids is not None and not ids:
+            return 0
+        condition = [runs.c.owner == owner, runs.c.status == "running"]
+        renewed = 0
         with self.db.write() as conn:
-            result = conn.execute(
-                runs.update()
-                .where(runs.c.owner == owner, runs.c.status == "running")
-                .values(lease_expires_at=lease_until)
-            )
-            return int(result.rowcount)
+            if ids is None:
+                result = conn.execute(runs.update().where(*condition).values(lease_expires_at=lease_until))
+                return int(result.rowcount)
+            wanted = sorted(ids)
+            for start in range(0, len(wanted), _CHUNK):
+                chunk = runs.c.id.in_(wanted[start : start + _CHUNK])
+                result = conn.execute(
+                    runs.update().where(*condition, chunk).values(lease_expires_at=lease_until)
+                )
+                renewed += int(result.rowcount)
+        return renewed
 
     def requeue(self, run_ids: Sequence[int]) -> int:
         """Put abandoned runs back in the queue (a retry after their owner died)."""
@@ -326,13 +336,20 @@ class RunRepository:
             )
             return int(result.rowcount)
 
-    def reap(self, now: datetime, *, owner: str | None = None, reason: str) -> list[RunRow]:
-        """Mark running runs abandoned: those whose lease expired, or all of `owner`'s."""
-        condition = runs.c.owner == owner if owner else runs.c.lease_expires_at < now
+    def reap(
+        self, now: datetime, *, owner: str | None = None, reason: str, fence: LeaderFence | None = None
+    ) -> list[RunRow]:
+        """Mark running runs abandoned: those whose lease expired, or all of `owner`'s.
+
+        With a leader fence, nothing is reaped unless that leader lease is still held.
+        """
+        condition = [runs.c.owner == owner if owner else runs.c.lease_expires_at < now]
+        if fence is not None:
+            condition.append(fence.holds())
         with self.db.write() as conn:
             result = conn.execute(
                 runs.update()
-                .where(runs.c.status == "running", condition)
+                .where(runs.c.status == "running", *condition)
                 .values(
                     status="abandoned",
                     finished_at=now,
