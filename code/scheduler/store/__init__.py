@@ -6,6 +6,7 @@ repositories that hold every query: jobs, runs, cluster, alerts.
 
 from __future__ import annotations
 
+from scheduler.store.alerts import AlertRepository
 from scheduler.store.cluster import ClusterRepository, InstanceRow, LeaseRow
 from scheduler.store.db import Database
 from scheduler.store.jobs import AuditEntry, JobRepository, JobRow
@@ -33,6 +34,7 @@ class Store:
         self.jobs = JobRepository(self.db)
         self.runs = RunRepository(self.db)
         self.cluster = ClusterRepository(self.db)
+        self.alerts = AlertRepository(self.db)
 
     @property
     def safe_url(self) -> str:
