@@ -1,0 +1,349 @@
+"""The read model and the operator actions shared by the CLI and the HTTP API.
+
+`scheduler jobs --json` and `GET /api/jobs` return the same plain dicts, built
+here from store rows, so a script can move between them. Instants are ISO 8601
+UTC strings; a job's next run is also given in the job's own time zone.
+
+The next run is computed from the database alone, as the dispatcher does: the
+effective schedule's first slot after the job's cursor (its latest recorded
+slot, or when it was defined, or when it was last resumed).
+"""
+
+from __future__ import annotations
+
+import getpass
+import importlib
+import socket
+from dataclasses import asdict, is_dataclass
+from datetime import datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from scheduler.errors import JobDefinitionError, SchedulerError
+from scheduler.schedules import CronSchedule, parse_interval
+from scheduler.store import AuditEntry, InstanceRow, JobRow, RunRow, Store
+from scheduler.store.cluster import LEADER
+
+RUN_STATUSES = ("queued", "running", "succeeded", "failed", "timed_out", "skipped", "missed", "abandoned")
+MAX_LIMIT = 1000
+MAX_SLOTS = 100
+MIN_INTERVAL = timedelta(seconds=1)  # an override below this would spin the dispatcher
+
+
+class RefusedError(SchedulerError):
+    """The action is valid but cannot be done in the job's current state (HTTP 409)."""
+
+
+def iso(at: datetime | None) -> str | None:
+    return at.isoformat() if at is not None else None
+
+
+def cli_actor() -> str:
+    """`user@host`, as written to the audit table for a command-line change."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown"
+    return f"{user}@{socket.gethostname()}"
+
+
+# -- jobs -----------------------------------------------------------------
+
+
+def job_zone(row: JobRow) -> str:
+    """The zone a job's times are shown in: its cron zone, else its declared zone."""
+    schedule = row.schedule()
+    if isinstance(schedule, CronSchedule):
+        return schedule.timezone
+    return str(row.definition.get("timezone") or "UTC")
+
+
+def cursor_of(row: JobRow, last_slot: datetime | None) -> datetime:
+    """Where the dispatcher continues from: the latest slot, or definition, or resume time."""
+    cursor = last_slot or row.defined_at
+    if not row.paused and row.changed_at is not None and row.changed_at > cursor:
+        cursor = row.changed_at  # resumed (or rescheduled): slots before that pass unrun
+    return cursor
+
+
+def next_run_at(row: JobRow, last_slot: datetime | None) -> datetime | None:
+    """The next slot the daemon will run; None while paused or disabled in code."""
+    if row.paused or not row.definition.get("enabled", True):
+        return None
+    return row.schedule().next_after(cursor_of(row, last_slot))
+
+
+def upcoming(row: JobRow, last_slot: datetime | None, now: datetime, count: int) -> list[datetime]:
+    """The next `count` slots after `now` (and after the cursor), from the effective schedule."""
+    schedule = row.schedule()
+    slots: list[datetime] = []
+    at = max(now, cursor_of(row, last_slot))
+    for _ in range(count):
+        at = schedule.next_after(at)
+        slots.append(at)
+    return slots
+
+
+def slot_view(at: datetime, zone: str) -> dict[str, Any]:
+    local = at.astimezone(ZoneInfo(zone))
+    return {"at": iso(at), "local": local.isoformat(), "zone": zone, "abbreviation": local.tzname()}
+
+
+def job_view(row: JobRow, last: RunRow | None, last_slot: datetime | None, now: datetime) -> dict[str, Any]:
+    zone = job_zone(row)
+    upcoming_at = next_run_at(row, last_slot)
+    return {
+        "name": row.name,
+        "schedule": row.schedule().describe(),
+        "code_schedule": row.schedule_text,
+        "overridden": row.overridden,
+        "timezone": zone,
+        "enabled": bool(row.definition.get("enabled", True)),
+        "paused": row.paused,
+        "next_run": slot_view(upcoming_at, zone) if upcoming_at else None,
+        "due": upcoming_at is not None and upcoming_at <= now,
+        "last_run": run_view(last) if last else None,
+        "last_status": last.status if last else None,
+        "changed_by": row.changed_by,
+        "changed_at": iso(row.changed_at),
+        "loaded_at": iso(row.loaded_at),
+    }
+
+
+def list_jobs(store: Store, now: datetime) -> list[dict[str, Any]]:
+    latest = store.runs.latest_per_job()
+    slots = store.runs.last_slots()
+    return [job_view(r, latest.get(r.name), slots.get(r.name), now) for r in store.jobs.all()]
+
+
+def show_job(store: Store, name: str, now: datetime, recent: int = 10) -> dict[str, Any]:
+    """One job with its definition, overrides and recent runs. Raises NotFoundError."""
+    row = store.jobs.get(name)
+    runs = store.runs.history(job=name, limit=recent)
+    view = job_view(row, runs[0] if runs else None, store.runs.last_slots().get(name), now)
+    view.update(
+        definition=row.definition,
+        override={
+            "interval_seconds": row.override_interval_seconds,
+            "cron": row.override_cron,
+            "timezone": row.override_timezone,
+        },
+        anchor_at=iso(row.anchor_at),
+        defined_at=iso(row.defined_at),
+        updated_at=iso(row.updated_at),
+        recent_runs=[run_view(r) for r in runs],
+    )
+    return view
+
+
+def next_slots(store: Store, name: str, now: datetime, count: int) -> dict[str, Any]:
+    """The next `count` slots of a job, in UTC and in its zone. Raises NotFoundError."""
+    if not 1 <= count <= MAX_SLOTS:
+        raise JobDefinitionError(f"count must be 1-{MAX_SLOTS}, got {count}")
+    row = store.jobs.get(name)
+    zone = job_zone(row)
+    slots = upcoming(row, store.runs.last_slots().get(name), now, count)
+    return {
+        "job": name,
+        "schedule": row.schedule().describe(),
+        "timezone": zone,
+        "paused": row.paused,
+        "enabled": bool(row.definition.get("enabled", True)),
+        "slots": [slot_view(s, zone) for s in slots],
+    }
+
+
+# -- runs, instances, audit -------------------------------------------------
+
+
+def run_view(run: RunRow, with_log: bool = False) -> dict[str, Any]:
+    view: dict[str, Any] = {
+        "id": run.id,
+        "job": run.job,
+        "scheduled_for": iso(run.scheduled_for),
+        "trigger": run.trigger,
+        "status": run.status,
+        "attempt": run.attempt,
+        "instance": run.owner,
+        "host": run.host,
+        "pid": run.pid,
+        "started_at": iso(run.started_at),
+        "finished_at": iso(run.finished_at),
+        "duration_seconds": run.duration_seconds,
+        "lateness_seconds": run.lateness_seconds,
+        "error_type": run.error_type,
+        "error_message": run.error_message,
+    }
+    if with_log:
+        view.update(log=run.log, log_truncated=run.log_truncated, error_traceback=run.error_traceback)
+    return view
+
+
+def list_runs(
+    store: Store, job: str | None = None, status: str | None = None, limit: int = 50
+) -> list[dict[str, Any]]:
+    """Recent runs, newest slot first. Raises JobDefinitionError for a bad filter."""
+    if status is not None and status not in RUN_STATUSES:
+        raise JobDefinitionError(f"status must be one of {', '.join(RUN_STATUSES)}; got {status!r}")
+    if not 1 <= limit <= MAX_LIMIT:
+        raise JobDefinitionError(f"limit must be 1-{MAX_LIMIT}, got {limit}")
+    if job is not None:
+        store.jobs.get(job)  # a typo in the name is an error, not an empty history
+    return [run_view(r) for r in store.runs.history(job=job, status=status, limit=limit)]
+
+
+def show_run(store: Store, run_id: int) -> dict[str, Any]:
+    """Raises NotFoundError."""
+    return run_view(store.runs.get(run_id), with_log=True)
+
+
+def instance_view(row: InstanceRow, leader: str | None) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "host": row.host,
+        "pid": row.pid,
+        "version": row.version,
+        "status": row.status,
+        "leader": row.id == leader,
+        "started_at": iso(row.started_at),
+        "heartbeat_at": iso(row.heartbeat_at),
+        "expires_at": iso(row.expires_at),
+        "stopped_at": iso(row.stopped_at),
+        "jobs": list(row.jobs),
+        "problems": list(row.problems),
+    }
+
+
+def list_instances(store: Store, now: datetime, limit: int = 50) -> list[dict[str, Any]]:
+    """Recent instances, newest first; `leader` marks the holder of a valid leader lease."""
+    lease = store.cluster.lease(LEADER)
+    leader = None
+    if lease is not None and lease.holder and lease.expires_at is not None and lease.expires_at >= now:
+        leader = lease.holder
+    return [instance_view(r, leader) for r in store.cluster.recent(limit)]
+
+
+def audit_view(entry: AuditEntry) -> dict[str, Any]:
+    return {
+        "at": iso(entry.at),
+        "actor": entry.actor,
+        "action": entry.action,
+        "job": entry.job,
+        "details": entry.details,
+    }
+
+
+def list_audit(store: Store, job: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+    if not 1 <= limit <= MAX_LIMIT:
+        raise JobDefinitionError(f"limit must be 1-{MAX_LIMIT}, got {limit}")
+    return [audit_view(e) for e in store.jobs.audit_log(job, limit)]
+
+
+def list_alerts(store: Store, open_only: bool = True, limit: int = 50) -> list[dict[str, Any]]:
+    """Incidents from the watchdog. Raises RefusedError if this build has no watchdog."""
+    if not 1 <= limit <= MAX_LIMIT:
+        raise JobDefinitionError(f"limit must be 1-{MAX_LIMIT}, got {limit}")
+    return [plain(i) for i in watchdog_function("list_incidents")(store, open_only, limit)]
+
+
+def watchdog_function(name: str) -> Any:
+    """A function of the watchdog module, imported late: the CLI and API work without it.
+
+    Raises RefusedError if this build has no watchdog or it lacks `name`.
+    """
+    try:
+        watchdog = importlib.import_module("scheduler.watchdog")
+    except ModuleNotFoundError as exc:
+        if exc.name != "scheduler.watchdog":
+            raise
+        raise RefusedError("the watchdog (alerts, notifications) is not part of this build") from None
+    function = getattr(watchdog, name, None)
+    if function is None:
+        raise RefusedError(f"this build's watchdog has no {name}(): alerts are not available yet")
+    return function
+
+
+def plain(value: Any) -> Any:
+    """A dataclass, mapping or list as JSON-able values (datetimes as ISO strings)."""
+    if is_dataclass(value) and not isinstance(value, type):
+        value = asdict(value)
+    if isinstance(value, dict):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [plain(v) for v in value]
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    return value
+
+
+# -- operator actions ---------------------------------------------------------
+
+
+def trigger(store: Store, name: str, actor: str, now: datetime) -> dict[str, Any]:
+    """Queue a manual run; a live instance that loads the job runs it once (skipped if busy).
+
+    Raises NotFoundError, or RefusedError while the job is paused or disabled in code.
+    """
+    row = store.jobs.get(name)
+    if not row.definition.get("enabled", True):
+        raise RefusedError(f"job {name!r} is disabled in its code; it cannot be triggered")
+    if row.paused:
+        raise RefusedError(f"job {name!r} is paused; resume it before triggering")
+    run_id = store.runs.enqueue(name, now)
+    store.jobs.add_audit(actor, "trigger", name, {"run_id": run_id}, now)
+    loaders = [i.id for i in store.cluster.alive(now) if name in i.jobs]
+    return {"job": name, "run_id": run_id, "status": "queued", "instances": loaders}
+
+
+def set_paused(store: Store, name: str, paused: bool, actor: str, now: datetime) -> dict[str, Any]:
+    """Pause or resume; idempotent. Raises NotFoundError."""
+    row = store.jobs.set_paused(name, paused, actor, now)
+    return job_view(row, store.runs.latest_per_job().get(name), store.runs.last_slots().get(name), now)
+
+
+def set_schedule(
+    store: Store,
+    name: str,
+    actor: str,
+    now: datetime,
+    *,
+    interval: str | float | None = None,
+    cron: str | None = None,
+    timezone: str | None = None,
+    clear: bool = False,
+) -> dict[str, Any]:
+    """Override a job's schedule, or clear the override.
+
+    `interval` is seconds or text like '5m'. Raises JobDefinitionError for a bad
+    combination or value, NotFoundError for an unknown job.
+    """
+    given = [k for k, v in (("interval", interval), ("cron", cron)) if v is not None]
+    if clear and (given or timezone is not None):
+        raise JobDefinitionError("clear takes no interval, cron or timezone")
+    if not clear and len(given) != 1:
+        raise JobDefinitionError("give exactly one of interval or cron (or clear)")
+    if timezone is not None and cron is None:
+        raise JobDefinitionError("timezone applies to a cron schedule only")
+    if cron is not None and len(cron) > 200:
+        raise JobDefinitionError("cron expression is longer than 200 characters")
+    if timezone is not None and len(timezone) > 64:
+        raise JobDefinitionError("timezone is longer than 64 characters")
+    period = None if interval is None else _interval(interval)
+    row = store.jobs.set_schedule(name, actor, now, interval=period, cron=cron, timezone=timezone)
+    return job_view(row, store.runs.latest_per_job().get(name), store.runs.last_slots().get(name), now)
+
+
+def _interval(value: str | float) -> timedelta:
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise JobDefinitionError(f"bad interval {value!r}: use seconds or text like 5m")
+    try:
+        period = timedelta(seconds=value) if isinstance(value, int | float) else parse_interval(value)
+    except (OverflowError, ValueError):
+        raise JobDefinitionError(f"bad interval {value!r}: out of range") from None
+    if period < MIN_INTERVAL:
+        raise JobDefinitionError(
+            f"interval must be at least {MIN_INTERVAL.total_seconds():g}s, got {value!r}"
+        )
+    return period
