@@ -18,8 +18,10 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import argparse
+import logging
 import os
 import signal
+import threading
 import time
 from types import FrameType
 from typing import Any
@@ -94,10 +96,27 @@ def cmd_run(settings: Settings, _args: argparse.Namespace) -> int:
     lock = pidfile.make_lock(settings.pidfile)
     lock.acquire()
     try:
-        return _serve(settings, stderr=True)
+        code = _serve(settings, stderr=True)
     finally:
         if lock.i_am_locking():
             lock.release()
+    if _jobs_still_running():
+        # Their runs are already marked abandoned; but the interpreter joins the pool's
+        # threads at exit and would wait for as long as these jobs run.
+        logging.shutdown()
+        os._exit(code)
+    return code
+
+
+def _jobs_still_running(patience: float = 0.5) -> bool:
+    """True if a job thread outlived shutdown (idle pool threads end within `patience`)."""
+    deadline = time.monotonic() + patience
+    for thread in threading.enumerate():
+        if thread.name.startswith("job"):
+            thread.join(max(0.0, deadline - time.monotonic()))
+            if thread.is_alive():
+                return True
+    return False
 
 
 def cmd_start(settings: Settings, _args: argparse.Namespace) -> int:

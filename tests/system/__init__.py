@@ -1,0 +1,1 @@
+"""System tests: the daemon as real processes, driven through control.py and signals."""

@@ -1,0 +1,119 @@
+"""`control.py check`: the example jobs pass; each broken module or bad setting is one line, non-zero."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.system.helpers import Sandbox
+
+pytestmark = pytest.mark.system
+
+GOOD = """
+from datetime import timedelta
+from scheduler import job
+
+@job(interval=timedelta(seconds=30))
+def fine(ctx):
+    pass
+"""
+
+
+@pytest.fixture
+def sandbox(tmp_path: Path) -> Iterator[Sandbox]:
+    box = Sandbox(tmp_path)
+    yield box
+    box.close()
+
+
+def test_check_accepts_the_example_jobs(sandbox: Sandbox) -> None:
+    examples = Path(__file__).resolve().parents[2] / "code" / "jobs"
+
+    result = sandbox.control("check", jobs_path=str(examples))
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stderr == ""
+    lines = result.stdout.splitlines()
+    assert [x for x in lines if not x.startswith("ok    ")] == [
+        f"4 jobs, 0 problems; database {sandbox.db_url}"
+    ]
+    assert "ok    reports.daily_summary: cron 0 6 * * * (Europe/London)" in lines
+    assert "ok    legacy_timeloop.cleanup_tmp: every 20s" in lines
+
+
+BROKEN = {
+    "syntax_error": ("def oops(:\n", "SyntaxError: invalid syntax (line 1)"),
+    "bad_cron": (
+        'from scheduler import job\n@job(cron="61 * * * *")\ndef c(ctx): pass\n',
+        "bad cron expression '61 * * * *'",
+    ),
+    "unknown_zone": (
+        'from scheduler import job\n@job(cron="0 6 * * *", timezone="Mars/Olympus")\ndef z(ctx): pass\n',
+        "unknown time zone 'Mars/Olympus'",
+    ),
+    "zero_interval": (
+        "from datetime import timedelta\nfrom scheduler import job\n"
+        "@job(interval=timedelta(0))\ndef z(ctx): pass\n",
+        "interval must be positive",
+    ),
+    "duplicate": (
+        "from datetime import timedelta\nfrom scheduler import job\n"
+        '@job(interval=timedelta(1), name="base.fine")\ndef fine(ctx): pass\n',
+        "duplicate job name 'base.fine' (first defined in scheduler_jobs.base)",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BROKEN))
+def test_check_names_the_broken_module_in_one_line(sandbox: Sandbox, case: str) -> None:
+    code, message = BROKEN[case]
+    sandbox.write_job("base", GOOD)
+    broken = sandbox.write_job(case, code)
+
+    result = sandbox.control("check")
+
+    assert result.returncode == 1, result.stdout + result.stderr
+    errors = [x for x in result.stdout.splitlines() if x.startswith("error")]
+    assert len(errors) == 1, result.stdout
+    assert errors[0].startswith(f"error {broken}: ")
+    assert message in errors[0]
+    assert "ok    base.fine: every 30s" in result.stdout
+    assert result.stdout.endswith(f"1 jobs, 1 problems; database {sandbox.db_url}\n")
+
+
+@pytest.mark.parametrize(
+    ("setting", "value", "message"),
+    [
+        ("pool_size", "0", "SCHEDULER_POOL_SIZE: must be at least 1, got 0"),
+        (
+            "database_url",
+            "mysql://u:secret@h/db",
+            "SCHEDULER_DATABASE_URL: unsupported scheme 'mysql' (use sqlite:/// or postgresql://)",
+        ),
+        ("grace_period", "soon", "SCHEDULER_GRACE_PERIOD: not a duration: 'soon'"),
+    ],
+)
+def test_check_bad_setting_exits_2_naming_it(
+    sandbox: Sandbox, setting: str, value: str, message: str
+) -> None:
+    sandbox.write_job("base", GOOD)
+
+    result = sandbox.control("check", **{setting: value})
+
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert result.stderr.count("\n") == 1
+    assert result.stderr.startswith(f"config: {message}")
+    assert "secret" not in result.stdout + result.stderr
+
+
+def test_check_hides_the_password_of_an_unreachable_database(sandbox: Sandbox) -> None:
+    sandbox.write_job("base", GOOD)
+
+    result = sandbox.control("check", database_url="postgresql://u:secret@127.0.0.1:1/db", timeout=30)
+
+    assert result.returncode == 1
+    assert "u:***@127.0.0.1:1/db: database unavailable: " in result.stdout
+    assert "secret" not in result.stdout + result.stderr
