@@ -124,7 +124,8 @@ class Recorder:
             self._thread.join(timeout=max(0.0, deadline - self.clock.monotonic()))
         while self.pending and self.clock.monotonic() < deadline:
             if not self.flush_once():
-                threading.Event().wait(min(0.5, max(0.0, deadline - self.clock.monotonic())))
+                # Wait on the injected clock, whose monotonic time is what the deadline is on.
+                self.clock.wait(min(0.5, max(0.0, deadline - self.clock.monotonic())), threading.Event())
         self._spool_rest()
 
     def _spool_rest(self) -> None:
