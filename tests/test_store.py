@@ -308,6 +308,14 @@ def test_finish_records_the_outcome(store: Store) -> None:
     assert row.lease_expires_at is None
 
 
+def test_finish_stores_output_with_nul_characters_escaped(store: Store) -> None:
+    (run_id,) = claim_one(store, "binary.job", slot(1))
+    lost = finish(store, run_id, 1, "failed", error_message="bad\x00byte", log="raw \x00\x00 output\n")
+    assert lost == []
+    row = store.runs.get(run_id)
+    assert (row.status, row.error_message, row.log) == ("failed", "bad\\x00byte", "raw \\x00\\x00 output\n")
+
+
 def test_finish_with_a_stale_fence_is_rejected_and_overwrites_nothing(store: Store) -> None:
     (run_id,) = claim_one(store, "fence.job", slot(1))
     assert finish(store, run_id, fence=0, status="failed", error_message="stale writer") == [run_id]

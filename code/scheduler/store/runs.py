@@ -284,10 +284,10 @@ class RunRepository:
                         started_at=o.started_at or runs.c.started_at,
                         finished_at=o.finished_at,
                         attempt=o.attempt,
-                        error_type=o.error_type,
-                        error_message=o.error_message,
-                        error_traceback=o.error_traceback,
-                        log=o.log,
+                        error_type=_text(o.error_type),
+                        error_message=_text(o.error_message),
+                        error_traceback=_text(o.error_traceback),
+                        log=_text(o.log),
                         log_truncated=o.log_truncated,
                         lease_expires_at=None,
                     )
@@ -433,6 +433,11 @@ def _insert(conn: sa.Connection) -> Any:
     from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
     return sqlite_insert(runs)
+
+
+def _text(value: str | None) -> str | None:
+    """A job's output may hold NUL characters, which PostgreSQL text refuses; show them escaped."""
+    return value.replace("\x00", "\\x00") if value else value
 
 
 def _aware(at: datetime) -> datetime:
