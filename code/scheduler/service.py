@@ -26,6 +26,7 @@ from scheduler.recorder import Recorder
 from scheduler.registry import JobSpec, LoadProblem, load_jobs
 from scheduler.runner import ActiveRun, Runner
 from scheduler.store import Claimed, Owner, Store
+from scheduler.watchdog import Watchdog
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,9 @@ class Service:
         self.coordinator = Coordinator(
             self.store, self.clock, settings, self.owner, self.health, self._answering_for
         )
+        # Job checks run on the leader only; the loop (scheduler checks, outbox) on every instance.
+        self.watchdog = Watchdog(self.store, self.clock, settings, self.health, worker=self.owner.instance)
+        self.coordinator.chores.append(("watchdog", self.watchdog.chore))
         self._threads: list[threading.Thread] = []
         # The coordinator outlives the other loops at shutdown: it renews the leases of runs still finishing.
         self._drained = threading.Event()
@@ -109,6 +113,8 @@ class Service:
         self.recorder.start()
         self._coordinator_thread = self._spawn("coordinator", self.coordinator.run, self._drained)
         self._spawn("dispatcher", self.dispatcher.run)
+        self.watchdog.announce()
+        self._spawn("watchdog", self.watchdog.run)
 
     def _spawn(
         self, name: str, target: Callable[[threading.Event], None], stop: threading.Event | None = None

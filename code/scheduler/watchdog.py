@@ -433,7 +433,9 @@ class Watchdog:
         outage.notified_at, outage.slack_ts = now, delivery.ts
 
     def _db_summary(self, reason: str) -> str:
-        return f"{self.settings.instance_name} cannot reach the database ({reason})"
+        while reason.startswith("database unavailable: "):  # Health and StoreUnavailable both say so
+            reason = reason.removeprefix("database unavailable: ")
+        return f"{self.settings.instance_name} cannot reach the database: {reason}"
 
     # -- transitions ------------------------------------------------------------
 

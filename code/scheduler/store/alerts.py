@@ -185,15 +185,17 @@ class AlertRepository:
             return self._queue(conn, incident, "recover", notice, now)
 
     def realert(self, incident_id: int, due_before: datetime, now: datetime, notice: Notice) -> bool:
-        """Queue a reminder if the last notice was queued before `due_before`; False if not due
-        or another process queued it first."""
+        """Queue a reminder if the last notice was queued at or before `due_before`.
+
+        False if not due, or another process reminded first.
+        """
         with self.db.write() as conn:
             row = conn.execute(
                 incidents.update()
                 .where(
                     incidents.c.id == incident_id,
                     incidents.c.closed_at.is_(None),
-                    incidents.c.last_notified_at < due_before,
+                    incidents.c.last_notified_at <= due_before,
                 )
                 .values(last_notified_at=now)
                 .returning(*incidents.c)
