@@ -234,6 +234,13 @@ def test_database_password_never_shows_in_errors() -> None:
         ("postgresql://sched@h/db", "postgresql://sched@h/db"),
         ("sqlite:////var/lib/scheduler.db", "sqlite:////var/lib/scheduler.db"),
         ("postgresql://:only-password@h/db", "postgresql://:***@h/db"),
+        # SQLAlchemy connects with these raw characters in the password: hide it all the same.
+        ("postgresql://sched:pa/ss@h/db", "postgresql://sched:***@h/db"),
+        ("postgresql://sched:pa?ss@h:5432/db", "postgresql://sched:***@h:5432/db"),
+        ("postgresql://sched:pa#ss@h/db?sslmode=require", "postgresql://sched:***@h/db?sslmode=require"),
+        ("postgresql+psycopg2://sched:pw@[::1]:5432/db", "postgresql+psycopg2://sched:***@[::1]:5432/db"),
+        ("postgresql://h:5432/db", "postgresql://h:5432/db"),
+        ("not a url", "not a url"),
     ],
 )
 def test_redact_url_hides_only_the_password(url: str, shown: str) -> None:

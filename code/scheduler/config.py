@@ -16,7 +16,6 @@ from dataclasses import dataclass, fields, replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from scheduler.errors import ConfigError
 
@@ -67,16 +66,17 @@ class Settings:
 
 
 def redact_url(url: str) -> str:
-    """Hide the password of a database URL: postgresql://u:***@host/db."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparseable URL>"
-    if parts.password is None:
+    """Hide the password of a database URL: postgresql://u:***@host/db.
+
+    Split by hand at the last '@', not with urlsplit: SQLAlchemy accepts a password
+    with a raw '/', '?' or '#', where urlsplit would end the host early and miss it.
+    """
+    scheme, sep, rest = url.partition("://")
+    userinfo, at, host = rest.rpartition("@")
+    if not sep or not at or ":" not in userinfo:
         return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+    user = userinfo.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}"
 
 
 def load(
