@@ -17,19 +17,12 @@ import pytest
 from scheduler.clock import FakeClock
 from scheduler.config import Settings
 from scheduler.errors import SchedulerError
+from scheduler.findings import Finding, grace_for, lateness
 from scheduler.health import Health
 from scheduler.registry import make_spec
 from scheduler.store import Claim, Claimed, InstanceRow, JobRow, Outcome, Owner, Store
 from scheduler.store.alerts import IncidentRow
-from scheduler.watchdog import (
-    Finding,
-    Watchdog,
-    grace_for,
-    lateness,
-    list_incidents,
-    plan,
-    send_test,
-)
+from scheduler.watchdog import Watchdog, list_incidents, plan, send_test
 
 from tests.fakeslack import FakeSlack, fake_slack_fixture  # noqa: F401
 

@@ -1,0 +1,230 @@
+"""What is wrong, as pure functions of a snapshot: no clock reads, no I/O.
+
+Each function maps database facts (job rows, run facts, live instances) and
+`now` to findings; the watchdog turns findings into incident transitions.
+
+Defaults chosen:
+- grace: the definition's `grace_seconds`, else half the job's period clamped
+  to [60 s, 1 h], plus its jitter. A job is delayed when its latest slot whose
+  grace has run out has not started, inactive when it never ran at all.
+- failing: `alert_after_failures` (default 1) failed or timed-out runs in a
+  row; an abandoned run (its instance was lost) neither counts nor resets.
+- overrunning: a run still running past its timeout, or without one past its
+  period plus grace (it is eating into the next slot).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from scheduler.notify import format_utc
+from scheduler.schedules import Schedule, format_interval
+from scheduler.store import InstanceRow, JobRow
+from scheduler.store.alerts import Activity
+from scheduler.store.runs import RunRow
+
+SCHEDULER = "scheduler"  # the subject of incidents about the scheduler as a whole
+MIN_GRACE = timedelta(seconds=60)
+MAX_GRACE = timedelta(hours=1)
+# A job row synced this recently may belong to an instance that is still registering.
+LOAD_SETTLE = timedelta(seconds=30)
+MAX_STREAK = 100
+
+
+@dataclass(frozen=True)
+class Finding:
+    """Something wrong now; becomes an incident keyed by (subject, kind)."""
+
+    subject: str
+    kind: str
+    summary: str
+    since: datetime
+    host: str | None = None
+    last_error: str | None = None
+    action: str | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.subject, self.kind)
+
+    def stored_details(self) -> dict[str, Any]:
+        extra = {"since": self.since.isoformat(), "host": self.host, "last_error": self.last_error}
+        return {**self.details, **{k: v for k, v in extra.items() if v is not None}}
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    now: datetime
+    jobs: list[JobRow]
+    activity: Activity
+    alive: list[InstanceRow]
+
+
+def period_at(schedule: Schedule, slot: datetime) -> timedelta:
+    """The gap from `slot` to the slot after it."""
+    return schedule.next_after(slot) - slot
+
+
+def grace_for(row: JobRow, period: timedelta) -> timedelta:
+    """The definition's `grace_seconds`, else half the period clamped to [60 s, 1 h], plus jitter."""
+    explicit = row.definition.get("grace_seconds")
+    if explicit is not None:
+        return timedelta(seconds=float(explicit))
+    jitter = timedelta(seconds=float(row.definition.get("jitter_seconds") or 0))
+    return min(max(MIN_GRACE, period / 2), MAX_GRACE) + jitter
+
+
+def lateness(row: JobRow, last_started: datetime | None, now: datetime) -> Finding | None:
+    """Delayed (its latest slot past grace has not started) or inactive (it never ran).
+
+    Only slots after the definition last changed (`updated_at`: code change,
+    pause, resume or schedule override) count.
+    """
+    schedule = row.schedule()
+    first = schedule.next_after(row.updated_at)
+    latest = schedule.previous_before(now) or first
+    grace = grace_for(row, period_at(schedule, latest))
+    expected = schedule.previous_before(now - grace + timedelta(microseconds=1))
+    if expected is None or expected < first:
+        return None
+    action = f"scheduler history {row.name}"
+    details = {"expected_at": expected.isoformat(), "grace_seconds": grace.total_seconds()}
+    if last_started is None:
+        summary = f"has never run; its first run was due at {format_utc(first)} (grace {span(grace)})"
+        return Finding(row.name, "inactive", summary, first, action=action, details=details)
+    if last_started >= expected:
+        return None
+    missed = schedule.next_after(max(last_started, row.updated_at))
+    summary = (
+        f"last run started {format_utc(last_started)}; the run due at {format_utc(missed)} "
+        f"has not started (grace {span(grace)})"
+    )
+    details["last_started_at"] = last_started.isoformat()
+    return Finding(row.name, "delayed", summary, missed, action=action, details=details)
+
+
+def failing(row: JobRow, outcomes: list[RunRow]) -> Finding | None:
+    """`alert_after_failures` failed or timed-out runs in a row, newest first in `outcomes`."""
+    threshold = max(1, int(row.definition.get("alert_after_failures") or 1))
+    streak = []
+    for run in outcomes:
+        if run.status == "succeeded":
+            break
+        streak.append(run)
+    if len(streak) < threshold:
+        return None
+    latest, first = streak[0], streak[-1]
+    count = f"{len(streak)}+" if len(streak) == len(outcomes) == MAX_STREAK else str(len(streak))
+    summary = f"the last {count} runs failed" if len(streak) > 1 else "the last run failed"
+    summary += f" (alerts after {threshold}); latest: run {latest.id} {latest.status}"
+    error = ": ".join(p for p in (latest.error_type, latest.error_message) if p) or latest.status
+    return Finding(
+        row.name,
+        "failing",
+        summary,
+        first.finished_at or first.scheduled_for,
+        host=latest.host,
+        last_error=error,
+        action=f"scheduler history {row.name}",
+        details={"run_id": latest.id, "failures": len(streak), "threshold": threshold},
+    )
+
+
+def overrunning(row: JobRow, run: RunRow, now: datetime) -> Finding | None:
+    """A run still running past its timeout, or (without one) past its next slot plus grace."""
+    if run.started_at is None:
+        return None
+    timeout = row.definition.get("timeout_seconds")
+    if timeout:
+        limit = timedelta(seconds=float(timeout))
+        reason = f"its timeout of {span(limit)}"
+    else:
+        period = period_at(row.schedule(), run.scheduled_for)
+        limit = period + grace_for(row, period)
+        reason = f"its period plus grace ({span(limit)}; no timeout set)"
+    running_for = now - run.started_at
+    if running_for <= limit:
+        return None
+    summary = f"run {run.id} has been running for {span(running_for)}, longer than {reason}"
+    details = {"run_id": run.id, "limit_seconds": limit.total_seconds()}
+    return Finding(row.name, "overrunning", summary, run.started_at, host=run.host, details=details)
+
+
+def broken(jobs: list[JobRow], alive: list[InstanceRow], now: datetime) -> list[Finding]:
+    """Job modules that failed to import on a live instance; jobs no live instance loaded."""
+    if not alive:
+        return []  # "no live instance" says it all
+    problems: dict[str, tuple[str, list[str]]] = {}
+    for inst in alive:
+        for problem in inst.problems:
+            where, message = str(problem.get("where", "?")), str(problem.get("message", ""))
+            problems.setdefault(where, (message, []))[1].append(inst.host)
+    loaded = {name for inst in alive for name in inst.jobs}
+    stems = {Path(where).stem: where for where in problems}
+    orphans: dict[str, list[str]] = {}
+    findings = []
+    for row in jobs:
+        if row.name in loaded or now - (row.loaded_at or row.defined_at) < LOAD_SETTLE:
+            continue
+        module = str(row.definition.get("module", "")).rsplit(".", 1)[-1]
+        if module in stems:
+            orphans.setdefault(stems[module], []).append(row.name)
+            continue
+        summary = f"defined in the database but loaded by none of the {len(alive)} live instances"
+        action = "deploy its module to the instances, or remove the job from the database"
+        findings.append(Finding(row.name, "broken", summary, row.loaded_at or row.defined_at, action=action))
+    for where, (message, hosts) in sorted(problems.items()):
+        summary = f"failed to load on {', '.join(sorted(set(hosts)))}"
+        if where in orphans:
+            summary += f"; not running: {', '.join(sorted(orphans[where]))}"
+        details = {"jobs": sorted(orphans.get(where, []))}
+        findings.append(
+            Finding(
+                where, "broken", summary, now, last_error=message, action="scheduler check", details=details
+            )
+        )
+    return findings
+
+
+def detect_jobs(snap: Snapshot) -> list[Finding]:
+    """Every job finding in a snapshot. Paused and disabled jobs are never delayed or inactive."""
+    loaded = {name for inst in snap.alive for name in inst.jobs}
+    running = {run.job for run in snap.activity.running}
+    rows = {row.name: row for row in snap.jobs}
+    found: dict[tuple[str, str], Finding] = {}
+
+    def add(finding: Finding | None) -> None:
+        if finding is not None:
+            found.setdefault(finding.key, finding)
+
+    for row in snap.jobs:
+        if row.name in loaded and row.name not in running and not row.paused:
+            if row.definition.get("enabled", True):
+                add(lateness(row, snap.activity.last_started.get(row.name), snap.now))
+        add(failing(row, snap.activity.outcomes.get(row.name, [])))
+    for run in snap.activity.running:
+        if run.job in rows:
+            add(overrunning(rows[run.job], run, snap.now))
+    for finding in broken(snap.jobs, snap.alive, snap.now):
+        add(finding)
+    return list(found.values())
+
+
+def no_instance(alive: list[InstanceRow], known: list[InstanceRow], now: datetime) -> Finding | None:
+    """No instance heartbeats; `known` are recent instance rows, for the last heartbeat seen."""
+    if alive:
+        return None
+    if not known:
+        return Finding(SCHEDULER, "instance", "no scheduler instance has ever registered", now)
+    last = max(known, key=lambda inst: inst.heartbeat_at)
+    summary = f"no scheduler instance is alive; the last heartbeat came from {last.host} (pid {last.pid})"
+    return Finding(SCHEDULER, "instance", summary, last.heartbeat_at, host=last.host)
+
+
+def span(delta: timedelta) -> str:
+    """A duration for people: 45s, 2m, 1h."""
+    return format_interval(timedelta(seconds=max(1, round(delta.total_seconds()))))
