@@ -208,13 +208,14 @@ def cmd_stop(settings: Settings, _args: argparse.Namespace) -> int:
         print("not running")
         return EXIT_OK
     os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + settings.grace_period.total_seconds() + STOP_MARGIN
+    patience = settings.grace_period.total_seconds() + STOP_MARGIN
+    deadline = time.monotonic() + patience
     while time.monotonic() < deadline:
         if not pidfile.process_alive(pid):
             print(f"stopped (pid {pid})")
             return EXIT_OK
         time.sleep(0.1)  # polling another process's exit; there is no event to wait on
-    print(f"error: pid {pid} still running after {deadline:.0f}s; not killed", file=sys.stderr)
+    print(f"error: pid {pid} still running after {patience:.0f}s; not killed", file=sys.stderr)
     return EXIT_FAIL
 
 

@@ -26,13 +26,23 @@ def read_pid(path: Path) -> int | None:
 
 
 def process_alive(pid: int) -> bool:
+    """True if `pid` runs. A zombie has exited: its parent (init, after a daemon's double
+    fork) may be slow to reap it, or never do so in a container whose init does not reap."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    return not _zombie(pid)
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:  # no /proc here, or the process just went: kill(0) has answered
+        return False
+    return stat.rsplit(")", 1)[-1].split()[:1] == ["Z"]
 
 
 def check_safe(path: Path) -> None:

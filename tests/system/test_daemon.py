@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.system.helpers import REPO, Sandbox, process_gone, wait_until
+from tests.system.helpers import CONTROL, REPO, Sandbox, process_gone, wait_until
 
 pytestmark = pytest.mark.system
 
@@ -130,6 +130,39 @@ def test_start_daemonizes_records_runs_and_stop_removes_the_pidfile(sandbox: San
 
     after = sandbox.control("status")
     assert (after.returncode, after.stdout) == (3, "not running\n")
+
+
+# Runs a command as a child subreaper that never reaps: the daemon it starts stays a zombie once it exits.
+NON_REAPING_PARENT = """
+import ctypes, subprocess, sys
+ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER: orphans are re-parented here
+print(subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL).returncode, flush=True)
+sys.stdin.read()  # hold on, reaping nothing, until the test closes stdin
+"""
+
+
+def test_stop_returns_once_the_daemon_exited_even_if_its_zombie_is_not_reaped(sandbox: Sandbox) -> None:
+    """In a container whose init does not reap, `stop` must not wait for the zombie to disappear."""
+    sandbox.write_job("tick", source(TICK, out=str(sandbox.root / "ticks")))
+    parent = subprocess.Popen(
+        [sys.executable, "-c", NON_REAPING_PARENT, sys.executable, str(CONTROL), "start"],
+        env=sandbox.env(grace_period="1s"),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert parent.stdout is not None and parent.stdout.readline() == "0\n"
+        pid = sandbox.pidfile_pid()
+        assert pid is not None and parent_pid(pid) == parent.pid
+
+        stopped = sandbox.control("stop", grace_period="1s", timeout=30)
+
+        assert (stopped.returncode, stopped.stdout) == (0, f"stopped (pid {pid})\n"), stopped.stderr
+        assert process_gone(pid)
+        assert sandbox.control("status").returncode == 3
+    finally:
+        parent.communicate(timeout=10)
 
 
 def test_second_start_is_refused_naming_the_running_pid(sandbox: Sandbox) -> None:
