@@ -61,6 +61,9 @@ def run_control(
 
 def query(db_url: str, sql: str, **params: Any) -> list[dict[str, Any]]:
     """Run one read-only statement; each row as a dict of column to value."""
+    for scheme in ("postgres://", "postgresql://"):  # the driver the daemon uses, as it names it
+        if db_url.startswith(scheme):
+            db_url = "postgresql+psycopg2://" + db_url.removeprefix(scheme)
     engine = sa.create_engine(db_url, poolclass=sa.pool.NullPool)
     try:
         with engine.connect() as conn:
