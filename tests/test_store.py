@@ -422,6 +422,14 @@ def test_queued_runs_of_unknown_jobs_are_left_for_an_instance_that_knows_them(st
     assert store.runs.get(run_id).status == "queued"
 
 
+def test_a_long_queue_of_unknown_jobs_does_not_starve_the_known_ones(store: Store) -> None:
+    claims = [Claim("removed.job", slot(m), "catchup", "queued") for m in range(150)]
+    store.runs.claim(claims, B, NOW, NOW + LEASE)
+    run_id = store.runs.enqueue("known.job", NOW)
+    taken = store.runs.take_queued(["known.job"], A, NOW, NOW + LEASE)
+    assert [c.run_id for c in taken] == [run_id]
+
+
 def test_two_instances_taking_the_same_queue_never_both_get_a_run(db_url: str) -> None:
     stores = [Store(db_url) for _ in range(2)]
     stores[0].upgrade()

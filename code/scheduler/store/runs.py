@@ -231,16 +231,19 @@ class RunRepository:
 
         Each comes back 'running', or 'skipped' when the job is busy.
         """
-        known = set(names)
+        known = sorted(set(names))
+        if not known:
+            return []
         with self.db.write() as conn:
+            # Filter in SQL: queued runs of jobs unknown here must not fill the batch and starve ours.
             query = (
                 sa.select(runs.c.id, runs.c.job, runs.c.fence, runs.c.trigger)
-                .where(runs.c.status == "queued")
+                .where(runs.c.status == "queued", runs.c.job.in_(known))
                 .order_by(runs.c.id)
             )
             if conn.dialect.name == "postgresql":
                 query = query.with_for_update(skip_locked=True)
-            queued = [r for r in conn.execute(query.limit(100)) if r.job in known]
+            queued = list(conn.execute(query.limit(100)))
             if not queued:
                 return []
             busy = self._lock_and_find_busy(conn, sorted({r.job for r in queued}))
