@@ -29,6 +29,7 @@ class Settings:
     jobs_path: Path = REPO_ROOT / "code" / "jobs"
     pidfile: Path = Path("/tmp/scheduler.pid")
     log_dir: Path = REPO_ROOT / "logs"
+    state_dir: Path = REPO_ROOT / "var"
     log_level: str = "INFO"
     log_max_bytes: int = 10 * 1024 * 1024
     log_backups: int = 5
