@@ -49,6 +49,7 @@ class ActiveRun:
     deadline_mono: float | None
     overdue_logged: bool = False
     began_at: datetime | None = None
+    outcome: Outcome | None = None  # set when the run ends, before `on_done`
 
 
 class Runner:
@@ -253,6 +254,7 @@ class Runner:
             f": {outcome.error_type}: {outcome.error_message}" if outcome.error_type else "",
             extra={"job": run.spec.name, "run_id": outcome.run_id, "action": outcome.status},
         )
+        run.outcome = outcome
         self._record(outcome)
         with self._idle:
             self._active.pop(run.claimed.run_id, None)

@@ -16,12 +16,14 @@ from datetime import datetime
 from pathlib import Path
 
 from scheduler import config as config_module
+from scheduler.api import Api, HttpServer
 from scheduler.clock import Clock, SystemClock
 from scheduler.config import Settings
 from scheduler.coordination import Coordinator, pid_alive
 from scheduler.dispatcher import Dispatcher
 from scheduler.errors import SchedulerError
 from scheduler.health import Health
+from scheduler.metrics import Metrics
 from scheduler.recorder import Recorder
 from scheduler.registry import JobSpec, LoadProblem, load_jobs
 from scheduler.runner import ActiveRun, Runner
@@ -73,6 +75,9 @@ class Service:
         self._drained = threading.Event()
         self._coordinator_thread: threading.Thread | None = None
         self.on_stop: list[Callable[[], None]] = []
+        leading, running = self.coordinator.holds_lease, self._running
+        self.metrics = Metrics(self.store, self.health, self.clock, self.owner.instance, leading, running)
+        self.http: HttpServer | None = None
 
     @property
     def spool_path(self) -> Path:
@@ -85,6 +90,9 @@ class Service:
 
         Raises SchedulerError (StoreError, AlreadyRunningError, ...) if it cannot start.
         """
+        if self.settings.http_enabled:  # bind first: a taken port fails the start before anything runs
+            app = Api(self.store, self.health, self.clock, self.settings.api_token, self.metrics)
+            self.http = HttpServer(app, self.settings.http_host, self.settings.http_port)
         self.store.upgrade()
         now = self.clock.now()
         if self.store.is_sqlite:
@@ -115,6 +123,9 @@ class Service:
         self._spawn("dispatcher", self.dispatcher.run)
         self.watchdog.announce()
         self._spawn("watchdog", self.watchdog.run)
+        if self.http is not None:
+            self.http.start()
+            self.on_stop.append(self.http.stop)
 
     def _spawn(
         self, name: str, target: Callable[[threading.Event], None], stop: threading.Event | None = None
@@ -152,7 +163,11 @@ class Service:
         """Runs whose leases this process renews: running here, or ended with the outcome unwritten."""
         return {a.claimed.run_id for a in self.runner.active()} | self.recorder.pending_runs()
 
+    def _running(self) -> int:
+        return len(self.runner.active())
+
     def _on_run_done(self, run: ActiveRun) -> None:
+        self.metrics.observe_run(run)
         # A queued slot of this job may now run: let the dispatcher look at once.
         self.dispatcher.poll_soon()
 

@@ -1,0 +1,433 @@
+"""The HTTP API, dashboard, /healthz and /metrics: one WSGI app, served by waitress in a thread.
+
+Reads need no credentials (bind to 127.0.0.1, the default, or put a proxy in
+front). Writes need `Authorization: Bearer <api_token>`, compared in constant
+time; with no token configured every write is refused (403). Every error is
+JSON `{"error": "..."}` with a 4xx status, or 503 while the database is away;
+a bad payload never gives a 500.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import re
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs
+
+from scheduler import views
+from scheduler.clock import Clock
+from scheduler.errors import ConfigError, JobDefinitionError, NotFoundError, StoreUnavailable
+from scheduler.health import Health
+from scheduler.metrics import Metrics
+from scheduler.store import Store
+from scheduler.web import dashboard, openapi
+
+log = logging.getLogger(__name__)
+
+WEB = Path(__file__).resolve().parent / "web"
+MAX_BODY = 64 * 1024
+STATIC = {"dashboard.css": "text/css; charset=utf-8", "dashboard.js": "text/javascript; charset=utf-8"}
+SECURITY_HEADERS = [
+    ("X-Content-Type-Options", "nosniff"),
+    ("Referrer-Policy", "no-referrer"),
+    ("Cache-Control", "no-store"),
+]
+PAGE_POLICY = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; form-action 'none'; frame-ancestors 'none'; base-uri 'none'"
+)
+StartResponse = Callable[[str, list[tuple[str, str]]], Any]
+
+
+class HttpError(Exception):
+    def __init__(self, status: int, message: str, headers: list[tuple[str, str]] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.headers = status, message, headers or []
+
+
+@dataclass
+class Request:
+    method: str
+    path: str
+    query: dict[str, list[str]]
+    headers: dict[str, str]
+    remote: str
+    body: bytes
+    params: dict[str, str] = field(default_factory=dict)
+
+    def arg(self, name: str) -> str | None:
+        values = self.query.get(name)
+        return values[-1] if values else None
+
+    def int_arg(self, name: str, default: int) -> int:
+        raw = self.arg(name)
+        if raw is None or raw == "":
+            return default
+        try:
+            return int(raw)
+        except ValueError:
+            raise HttpError(400, f"query parameter {name!r} must be a whole number, got {raw!r}") from None
+
+    def json_object(self) -> dict[str, Any]:
+        """The body as a JSON object; an empty body is {}. Raises HttpError(400)."""
+        if not self.body.strip():
+            return {}
+        try:
+            data = json.loads(self.body.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError):
+            raise HttpError(400, "request body is not valid UTF-8 JSON") from None
+        if not isinstance(data, dict):
+            raise HttpError(400, f"request body must be a JSON object, got {type(data).__name__}")
+        return data
+
+
+@dataclass
+class Response:
+    status: int
+    body: bytes
+    content_type: str = "application/json"
+    headers: list[tuple[str, str]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Route:
+    method: str
+    pattern: str  # OpenAPI-style path: /api/jobs/{name}
+    handler: Callable[[Request], Response]
+    write: bool = False
+
+    @property
+    def regex(self) -> re.Pattern[str]:
+        return re.compile("^" + re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", self.pattern) + "$")
+
+
+def reply(data: Any, status: int = 200) -> Response:
+    return Response(status, json.dumps(data, ensure_ascii=False).encode())
+
+
+def error(status: int, message: str) -> Response:
+    return reply({"error": message}, status)
+
+
+REASONS = {
+    200: "OK",
+    202: "Accepted",
+    400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    409: "Conflict",
+    413: "Content Too Large",
+    500: "Internal Server Error",
+    503: "Service Unavailable",
+}
+
+
+class Api:
+    """The WSGI app over a Store and a Health; `clock` supplies `now` for every decision."""
+
+    def __init__(
+        self,
+        store: Store,
+        health: Health,
+        clock: Clock,
+        api_token: str = "",
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.store = store
+        self.health = health
+        self.clock = clock
+        self._token = api_token.encode()
+        self.metrics = metrics
+        self.routes = [
+            Route("GET", "/", self.page),
+            Route("GET", "/runs/{run_id}", self.run_page),
+            Route("GET", "/static/{file}", self.static),
+            Route("GET", "/healthz", self.healthz),
+            Route("GET", "/metrics", self.metrics_text),
+            Route("GET", "/api/openapi.json", self.openapi),
+            Route("GET", "/api/jobs", self.jobs),
+            Route("GET", "/api/jobs/{name}", self.job),
+            Route("GET", "/api/jobs/{name}/next", self.next_slots),
+            Route("POST", "/api/jobs/{name}/trigger", self.trigger, write=True),
+            Route("POST", "/api/jobs/{name}/pause", self.pause, write=True),
+            Route("POST", "/api/jobs/{name}/resume", self.resume, write=True),
+            Route("PUT", "/api/jobs/{name}/schedule", self.schedule, write=True),
+            Route("GET", "/api/runs", self.runs),
+            Route("GET", "/api/runs/{run_id}", self.run),
+            Route("GET", "/api/instances", self.instances),
+            Route("GET", "/api/alerts", self.alerts),
+            Route("GET", "/api/audit", self.audit),
+        ]
+        self._compiled = [(r, r.regex) for r in self.routes]
+
+    # -- WSGI -------------------------------------------------------------------
+
+    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        try:
+            response = self.handle(environ)
+        except HttpError as exc:
+            response = error(exc.status, exc.message)
+            response.headers += exc.headers
+        except NotFoundError as exc:
+            response = error(404, str(exc))
+        except JobDefinitionError as exc:
+            response = error(400, str(exc))
+        except views.RefusedError as exc:
+            response = error(409, str(exc))
+        except StoreUnavailable as exc:
+            response = error(503, str(exc))
+        except Exception:
+            log.exception("HTTP %s %s failed", environ.get("REQUEST_METHOD"), environ.get("PATH_INFO"))
+            response = error(500, "internal error; see the daemon's log")
+        headers = [("Content-Type", response.content_type), ("Content-Length", str(len(response.body)))]
+        headers += SECURITY_HEADERS + response.headers
+        start_response(f"{response.status} {REASONS.get(response.status, 'Error')}", headers)
+        return [b"" if environ.get("REQUEST_METHOD") == "HEAD" else response.body]
+
+    def handle(self, environ: dict[str, Any]) -> Response:
+        method = str(environ.get("REQUEST_METHOD", "GET")).upper()
+        try:
+            path = str(environ.get("PATH_INFO") or "/").encode("latin-1").decode("utf-8")
+        except UnicodeError:
+            raise HttpError(400, "the path is not valid UTF-8") from None
+        allowed = []
+        for route, regex in self._compiled:
+            match = regex.match(path)
+            if match is None:
+                continue
+            if route.method != method and not (method == "HEAD" and route.method == "GET"):
+                allowed.append(route.method)
+                continue
+            request = self._request(environ, method, path, match.groupdict())
+            if route.write:
+                self._authorise(request)
+            return route.handler(request)
+        if allowed:
+            raise HttpError(
+                405, f"{method} is not allowed on {path}", [("Allow", ", ".join(sorted(allowed)))]
+            )
+        raise HttpError(404, f"no such path: {path}")
+
+    def _request(self, environ: dict[str, Any], method: str, path: str, params: dict[str, str]) -> Request:
+        raw_length = str(environ.get("CONTENT_LENGTH") or "0").strip()
+        if not raw_length.isdigit():
+            raise HttpError(400, f"bad Content-Length: {raw_length[:20]!r}")
+        if int(raw_length) > MAX_BODY:
+            raise HttpError(413, f"request body over {MAX_BODY} bytes")
+        body = environ["wsgi.input"].read(int(raw_length)) if int(raw_length) else b""
+        headers = {
+            k[5:].replace("_", "-").lower(): str(v) for k, v in environ.items() if k.startswith("HTTP_")
+        }
+        query = parse_qs(str(environ.get("QUERY_STRING", "")), keep_blank_values=True)
+        return Request(method, path, query, headers, str(environ.get("REMOTE_ADDR", "?")), body, params)
+
+    def _authorise(self, request: Request) -> None:
+        if not self._token:
+            raise HttpError(403, "writes are disabled: no API token is configured (set SCHEDULER_API_TOKEN)")
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), self._token):
+            raise HttpError(
+                401, "a valid 'Authorization: Bearer <token>' is required", [("WWW-Authenticate", "Bearer")]
+            )
+
+    def now(self) -> datetime:
+        return self.clock.now()
+
+    # -- reading ------------------------------------------------------------------
+
+    def jobs(self, request: Request) -> Response:
+        return reply(views.list_jobs(self.store, self.now()))
+
+    def job(self, request: Request) -> Response:
+        return reply(views.show_job(self.store, request.params["name"], self.now()))
+
+    def next_slots(self, request: Request) -> Response:
+        count = request.int_arg("n", 5)
+        return reply(views.next_slots(self.store, request.params["name"], self.now(), count))
+
+    def runs(self, request: Request) -> Response:
+        limit = request.int_arg("limit", 50)
+        return reply(
+            views.list_runs(self.store, request.arg("job") or None, request.arg("status") or None, limit)
+        )
+
+    def run(self, request: Request) -> Response:
+        return reply(views.show_run(self.store, _run_id(request)))
+
+    def instances(self, request: Request) -> Response:
+        return reply(views.list_instances(self.store, self.now()))
+
+    def alerts(self, request: Request) -> Response:
+        open_only = request.arg("all") not in ("1", "true", "yes")
+        return reply(views.list_alerts(self.store, open_only, request.int_arg("limit", 50)))
+
+    def audit(self, request: Request) -> Response:
+        return reply(views.list_audit(self.store, request.arg("job") or None, request.int_arg("limit", 50)))
+
+    def openapi(self, request: Request) -> Response:
+        return reply(openapi.document())
+
+    # -- writing ------------------------------------------------------------------
+
+    def actor(self, request: Request) -> str:
+        return f"api:{request.remote}"
+
+    def trigger(self, request: Request) -> Response:
+        _no_fields(request.json_object())
+        result = views.trigger(self.store, request.params["name"], self.actor(request), self.now())
+        return reply(result, 202)
+
+    def pause(self, request: Request) -> Response:
+        _no_fields(request.json_object())
+        return reply(
+            views.set_paused(self.store, request.params["name"], True, self.actor(request), self.now())
+        )
+
+    def resume(self, request: Request) -> Response:
+        _no_fields(request.json_object())
+        return reply(
+            views.set_paused(self.store, request.params["name"], False, self.actor(request), self.now())
+        )
+
+    def schedule(self, request: Request) -> Response:
+        body = request.json_object()
+        unknown = sorted(set(body) - {"interval", "cron", "timezone", "clear"})
+        if unknown:
+            raise HttpError(
+                400, f"unknown fields: {', '.join(unknown)} (use interval, cron, timezone or clear)"
+            )
+        for name in ("cron", "timezone"):
+            if body.get(name) is not None and not isinstance(body[name], str):
+                raise HttpError(400, f"{name} must be a string")
+        if not isinstance(body.get("clear", False), bool):
+            raise HttpError(400, "clear must be true or false")
+        job = views.set_schedule(
+            self.store,
+            request.params["name"],
+            self.actor(request),
+            self.now(),
+            interval=body.get("interval"),
+            cron=body.get("cron"),
+            timezone=body.get("timezone"),
+            clear=body.get("clear", False),
+        )
+        return reply(job)
+
+    # -- health, metrics, dashboard -------------------------------------------------
+
+    def healthz(self, request: Request) -> Response:
+        report = self.health.report()
+        data = {
+            "ok": report.ok,
+            "reason": report.reason,
+            "database_up": report.database_up,
+            "database_down_seconds": round(report.database_down_for, 3),
+            "loop_age_seconds": round(report.loop_age, 3),
+        }
+        return reply(data, 200 if report.ok else 503)
+
+    def metrics_text(self, request: Request) -> Response:
+        if self.metrics is None:
+            raise HttpError(404, "metrics are not enabled in this app")
+        body, content_type = self.metrics.render()
+        return Response(200, body, content_type)
+
+    def page(self, request: Request) -> Response:
+        now = self.now()
+        try:
+            alerts: list[dict[str, Any]] | str = views.list_alerts(self.store, True, 20)
+        except views.RefusedError as exc:
+            alerts = str(exc)
+        html = dashboard.render_page(
+            jobs=views.list_jobs(self.store, now),
+            runs=views.list_runs(self.store, limit=25),
+            instances=views.list_instances(self.store, now, limit=10),
+            alerts=alerts,
+            health=self.health.report(),
+            now=now,
+            writable=bool(self._token),
+        )
+        return _html(html)
+
+    def run_page(self, request: Request) -> Response:
+        return _html(dashboard.render_run(views.show_run(self.store, _run_id(request)), self.now()))
+
+    def static(self, request: Request) -> Response:
+        name = request.params["file"]
+        if name not in STATIC:
+            raise HttpError(404, f"no such file: {name}")
+        return Response(200, (WEB / name).read_bytes(), STATIC[name], [("Cache-Control", "no-cache")])
+
+
+def _html(text: str) -> Response:
+    return Response(
+        200, text.encode(), "text/html; charset=utf-8", [("Content-Security-Policy", PAGE_POLICY)]
+    )
+
+
+def _run_id(request: Request) -> int:
+    raw = request.params["run_id"]
+    if not raw.isdigit() or len(raw) > 18:
+        raise HttpError(400, f"run id must be a whole number, got {raw[:40]!r}")
+    return int(raw)
+
+
+def _no_fields(body: dict[str, Any]) -> None:
+    if body:
+        raise HttpError(400, f"this action takes no fields; got {', '.join(sorted(body))}")
+
+
+# -- the server ---------------------------------------------------------------------
+
+
+class HttpServer:
+    """waitress in a thread of the daemon; `port=0` picks a free port (tests)."""
+
+    def __init__(self, app: Callable[..., Any], host: str, port: int, threads: int = 4) -> None:
+        import waitress
+
+        try:
+            self._server = waitress.create_server(
+                app,
+                host=host,
+                port=port,
+                threads=threads,
+                ident="scheduler",
+                clear_untrusted_proxy_headers=True,
+            )
+        except OSError as exc:
+            raise ConfigError(
+                f"SCHEDULER_HTTP_PORT: cannot listen on {host}:{port}: {exc.strerror}"
+            ) from None
+        self.host, self.port = self._server.effective_host, int(self._server.effective_port)
+        self._thread = threading.Thread(target=self._server.run, name="http", daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def start(self) -> None:
+        self._thread.start()
+        log.info("serving the API, dashboard and metrics on %s", self.url, extra={"action": "http"})
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop accepting, let requests in progress finish (up to `timeout`), end the thread."""
+        from waitress import wasyncore
+
+        server = self._server
+        if self._thread.is_alive():
+            # Close the sockets from the loop's own thread, so it never polls a closed descriptor.
+            server.trigger.pull_trigger(lambda: wasyncore.close_all(server._map))
+            self._thread.join(timeout)
+        else:
+            wasyncore.close_all(server._map)
+        server.task_dispatcher.shutdown(timeout=timeout)

@@ -1,0 +1,171 @@
+"""Prometheus metrics: run observations made in this process, and database facts read at scrape time.
+
+Each `Metrics` has its own `CollectorRegistry` (not the global one), so
+several services can live in one process, as they do in tests. Counters and
+histograms count the runs this instance finished; the gauges read the
+database, so they describe the whole cluster whichever instance is scraped.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from datetime import datetime
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from scheduler import __version__, views
+from scheduler.clock import Clock
+from scheduler.errors import SchedulerError
+from scheduler.health import Health
+from scheduler.runner import ActiveRun
+from scheduler.store import Store
+
+log = logging.getLogger(__name__)
+
+DURATION_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600, 4 * 3600)
+LATENESS_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 3600)
+
+
+class Metrics:
+    def __init__(
+        self,
+        store: Store,
+        health: Health,
+        clock: Clock,
+        instance: str,
+        is_leader: Callable[[], bool] = lambda: False,
+        running: Callable[[], int] = lambda: 0,
+    ) -> None:
+        self.registry = CollectorRegistry()
+        self.runs = Counter(
+            "scheduler_runs",
+            "Runs finished by this instance, by job and final status.",
+            ["job", "status"],
+            registry=self.registry,
+        )
+        self.duration = Histogram(
+            "scheduler_run_duration_seconds",
+            "Run duration (job function start to end, retries included), by job.",
+            ["job"],
+            buckets=DURATION_BUCKETS,
+            registry=self.registry,
+        )
+        self.lateness = Histogram(
+            "scheduler_run_lateness_seconds",
+            "How long after its slot a scheduled run started (jitter included), by job.",
+            ["job"],
+            buckets=LATENESS_BUCKETS,
+            registry=self.registry,
+        )
+        self.registry.register(StateCollector(store, health, clock, instance, is_leader, running))
+
+    def observe_run(self, run: ActiveRun) -> None:
+        """Count a finished run; called on the pool thread once its outcome is handed on."""
+        outcome = run.outcome
+        if outcome is None:
+            return
+        job = run.spec.name
+        self.runs.labels(job, outcome.status).inc()
+        if outcome.started_at is not None:
+            self.duration.labels(job).observe((outcome.finished_at - outcome.started_at).total_seconds())
+            if run.claimed.trigger != "manual":
+                lateness = (outcome.started_at - run.claimed.scheduled_for).total_seconds()
+                self.lateness.labels(job).observe(max(0.0, lateness))
+
+    def render(self) -> tuple[bytes, str]:
+        """The exposition text and its content type."""
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+class StateCollector(Collector):
+    """Gauges read at each scrape: this process's state, then the database's."""
+
+    def __init__(
+        self,
+        store: Store,
+        health: Health,
+        clock: Clock,
+        instance: str,
+        is_leader: Callable[[], bool],
+        running: Callable[[], int],
+    ) -> None:
+        self.store = store
+        self.health = health
+        self.clock = clock
+        self.instance = instance
+        self.is_leader = is_leader
+        self.running = running
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())  # the families vary with the database; nothing to check at registration
+
+    def collect(self) -> Iterator[Metric]:
+        info = GaugeMetricFamily("scheduler_info", "This instance.", labels=["instance", "version"])
+        info.add_metric([self.instance, __version__], 1)
+        yield info
+        yield _gauge(
+            "scheduler_leader", "1 while this instance holds the leader lease.", int(self.is_leader())
+        )
+        yield _gauge("scheduler_running_runs", "Runs executing in this instance now.", self.running())
+        report = self.health.report()
+        yield _gauge(
+            "scheduler_dispatcher_loop_age_seconds",
+            "Time since the timing loop last cycled.",
+            report.loop_age,
+        )
+        try:
+            families = list(self._from_database(self.clock.now()))
+        except SchedulerError as exc:
+            log.debug("metrics: database unreadable: %s", exc)
+            families, up = [], 0
+        else:
+            up = int(report.database_up)
+        yield _gauge("scheduler_database_up", "1 when the database answers (loops and this scrape).", up)
+        yield from families
+
+    def _from_database(self, now: datetime) -> Iterator[Metric]:
+        jobs = views.list_jobs(self.store, now)
+        states = GaugeMetricFamily("scheduler_jobs", "Known jobs, by state.", labels=["state"])
+        counts = {"active": 0, "paused": 0, "disabled": 0}
+        for job in jobs:
+            counts["disabled" if not job["enabled"] else "paused" if job["paused"] else "active"] += 1
+        for state, n in counts.items():
+            states.add_metric([state], n)
+        yield states
+        upcoming = GaugeMetricFamily(
+            "scheduler_job_next_run_timestamp_seconds",
+            "When each active job runs next (Unix time).",
+            labels=["job"],
+        )
+        for job in jobs:
+            if job["next_run"]:
+                upcoming.add_metric([job["name"]], datetime.fromisoformat(job["next_run"]["at"]).timestamp())
+        yield upcoming
+        records = GaugeMetricFamily(
+            "scheduler_run_records",
+            "Run rows kept in the database (all instances, within retention), by job and status; "
+            "status skipped and missed count slots not run.",
+            labels=["job", "status"],
+        )
+        for (name, status), n in sorted(self.store.runs.count_by_status().items()):
+            records.add_metric([name, status], n)
+        yield records
+        alive = self.store.cluster.alive(now)
+        yield _gauge("scheduler_instances_alive", "Instances with a current heartbeat.", len(alive))
+        yield from self._alerts()
+
+    def _alerts(self) -> Iterator[Metric]:
+        incidents = GaugeMetricFamily("scheduler_incidents_open", "Open incidents, by kind.", labels=["kind"])
+        kinds: dict[str, int] = {}
+        for incident in self.store.alerts.open_incidents():
+            kinds[incident.kind] = kinds.get(incident.kind, 0) + 1
+        for kind, n in sorted(kinds.items()):
+            incidents.add_metric([kind], n)
+        yield incidents
+
+
+def _gauge(name: str, text: str, value: float) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, text, value=value)

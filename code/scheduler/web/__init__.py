@@ -1,0 +1,1 @@
+"""The dashboard's HTML rendering, its static files, and the OpenAPI document."""

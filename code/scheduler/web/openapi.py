@@ -1,0 +1,304 @@
+"""The OpenAPI 3.1 document of the JSON API, served at /api/openapi.json.
+
+The shapes are those of `scheduler.views`; a test checks that every route of
+`api.Api` is described here and nothing else.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from scheduler import __version__
+
+STATUSES = ["queued", "running", "succeeded", "failed", "timed_out", "skipped", "missed", "abandoned"]
+NULL_STRING = {"type": ["string", "null"]}
+NULL_TIME = {"type": ["string", "null"], "format": "date-time"}
+NULL_NUMBER = {"type": ["number", "null"]}
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+ERRORS = {
+    400: "Invalid parameter or payload",
+    401: "Missing or wrong bearer token",
+    403: "Writes are disabled (no API token configured)",
+    404: "No such job or run",
+    409: "Refused in the job's current state (paused, disabled), or no watchdog in this build",
+    413: "Request body too large",
+    503: "The database is unavailable",
+}
+
+
+def _errors(*codes: int) -> dict[str, Any]:
+    return {str(c): _json(_ref("Error"), ERRORS[c]) for c in codes}
+
+
+def _op(summary: str, ok: dict[str, Any], *codes: int, write: bool = False, **extra: Any) -> dict[str, Any]:
+    operation: dict[str, Any] = {"summary": summary, "responses": {**ok, **_errors(*codes, 503)}}
+    if write:
+        operation["security"] = [{"bearer": []}]
+        operation["responses"].update(_errors(401, 403, 413))
+    operation.update(extra)
+    return operation
+
+
+JOB_NAME = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
+RUN_ID = {"name": "run_id", "in": "path", "required": True, "schema": {"type": "integer", "minimum": 0}}
+
+
+def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": False, "schema": schema, "description": description}
+
+
+def _schemas() -> dict[str, Any]:
+    slot = {
+        "type": "object",
+        "properties": {
+            "at": {"type": "string", "format": "date-time", "description": "UTC"},
+            "local": {
+                "type": "string",
+                "format": "date-time",
+                "description": "in the job's zone, with offset",
+            },
+            "zone": {"type": "string"},
+            "abbreviation": NULL_STRING,
+        },
+        "required": ["at", "local", "zone"],
+    }
+    run = {
+        "type": "object",
+        "properties": {
+            "id": {"type": "integer"},
+            "job": {"type": "string"},
+            "scheduled_for": {"type": "string", "format": "date-time"},
+            "trigger": {"enum": ["schedule", "catchup", "manual"]},
+            "status": {"enum": STATUSES},
+            "attempt": {"type": "integer"},
+            "instance": NULL_STRING,
+            "host": NULL_STRING,
+            "pid": {"type": ["integer", "null"]},
+            "started_at": NULL_TIME,
+            "finished_at": NULL_TIME,
+            "duration_seconds": NULL_NUMBER,
+            "lateness_seconds": NULL_NUMBER,
+            "error_type": NULL_STRING,
+            "error_message": NULL_STRING,
+        },
+        "required": ["id", "job", "scheduled_for", "status"],
+    }
+    run_detail = {
+        "allOf": [
+            _ref("Run"),
+            {
+                "type": "object",
+                "properties": {
+                    "log": NULL_STRING,
+                    "log_truncated": {"type": "boolean"},
+                    "error_traceback": NULL_STRING,
+                },
+            },
+        ]
+    }
+    job = {
+        "type": "object",
+        "properties": {
+            "name": {"type": "string"},
+            "schedule": {"type": "string", "description": "the effective schedule, e.g. 'every 5m'"},
+            "code_schedule": {"type": "string"},
+            "overridden": {"type": "boolean"},
+            "timezone": {"type": "string"},
+            "enabled": {"type": "boolean"},
+            "paused": {"type": "boolean"},
+            "next_run": {"oneOf": [_ref("Slot"), {"type": "null"}]},
+            "due": {"type": "boolean"},
+            "last_run": {"oneOf": [_ref("Run"), {"type": "null"}]},
+            "last_status": NULL_STRING,
+            "changed_by": NULL_STRING,
+            "changed_at": NULL_TIME,
+            "loaded_at": NULL_TIME,
+        },
+        "required": ["name", "schedule", "paused", "next_run"],
+    }
+    job_detail = {
+        "allOf": [
+            _ref("Job"),
+            {
+                "type": "object",
+                "properties": {
+                    "definition": {"type": "object"},
+                    "override": {"type": "object"},
+                    "recent_runs": {"type": "array", "items": _ref("Run")},
+                },
+            },
+        ]
+    }
+    return {
+        "Error": {"type": "object", "properties": {"error": {"type": "string"}}, "required": ["error"]},
+        "Slot": slot,
+        "Run": run,
+        "RunDetail": run_detail,
+        "Job": job,
+        "JobDetail": job_detail,
+        "Instance": {"type": "object", "required": ["id", "host", "pid", "status", "leader"]},
+        "Incident": {"type": "object"},
+        "AuditEntry": {"type": "object", "required": ["at", "actor", "action", "job", "details"]},
+        "Health": {
+            "type": "object",
+            "properties": {"ok": {"type": "boolean"}, "reason": {"type": "string"}},
+            "required": ["ok", "reason"],
+        },
+        "ScheduleChange": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "interval": {"type": ["string", "number"], "description": "seconds, or text like '5m'"},
+                "cron": {"type": "string"},
+                "timezone": {"type": "string", "description": "zone of a cron schedule (default UTC)"},
+                "clear": {"type": "boolean", "description": "true: back to the schedule in the code"},
+            },
+        },
+    }
+
+
+def _paths() -> dict[str, Any]:
+    limit = _query(
+        "limit", {"type": "integer", "minimum": 1, "maximum": 1000}, "at most this many (default 50)"
+    )
+    array = {"type": "array"}
+    return {
+        "/healthz": {
+            "get": {
+                "summary": "200 while the dispatcher loop and the database are alive, else 503",
+                "responses": {
+                    "200": _json(_ref("Health"), "Alive"),
+                    "503": _json(_ref("Health"), "Not alive"),
+                },
+            }
+        },
+        "/api/jobs": {"get": _op("List jobs", {"200": _json(array | {"items": _ref("Job")}, "Jobs")})},
+        "/api/jobs/{name}": {
+            "parameters": [JOB_NAME],
+            "get": _op(
+                "One job, with its definition and recent runs", {"200": _json(_ref("JobDetail"), "Job")}, 404
+            ),
+        },
+        "/api/jobs/{name}/next": {
+            "parameters": [JOB_NAME],
+            "get": _op(
+                "Upcoming slots from the effective schedule, in UTC and the job's zone",
+                {"200": _json({"type": "object"}, "Slots")},
+                400,
+                404,
+                parameters=[
+                    _query("n", {"type": "integer", "minimum": 1, "maximum": 100}, "how many (default 5)")
+                ],
+            ),
+        },
+        "/api/jobs/{name}/trigger": {
+            "parameters": [JOB_NAME],
+            "post": _op(
+                "Queue one manual run; a live instance that loads the job runs it (skipped if busy)",
+                {"202": _json({"type": "object"}, "Queued")},
+                400,
+                404,
+                409,
+                write=True,
+            ),
+        },
+        "/api/jobs/{name}/pause": {
+            "parameters": [JOB_NAME],
+            "post": _op("Pause a job", {"200": _json(_ref("Job"), "Paused")}, 400, 404, write=True),
+        },
+        "/api/jobs/{name}/resume": {
+            "parameters": [JOB_NAME],
+            "post": _op(
+                "Resume a job from now on", {"200": _json(_ref("Job"), "Resumed")}, 400, 404, write=True
+            ),
+        },
+        "/api/jobs/{name}/schedule": {
+            "parameters": [JOB_NAME],
+            "put": _op(
+                "Override the schedule ({interval} or {cron, timezone}), or {clear: true}",
+                {"200": _json(_ref("Job"), "Changed")},
+                400,
+                404,
+                write=True,
+                requestBody={
+                    "required": True,
+                    "content": {"application/json": {"schema": _ref("ScheduleChange")}},
+                },
+            ),
+        },
+        "/api/runs": {
+            "get": _op(
+                "Recent runs, newest slot first",
+                {"200": _json(array | {"items": _ref("Run")}, "Runs")},
+                400,
+                404,
+                parameters=[
+                    _query("job", {"type": "string"}, "only this job"),
+                    _query("status", {"enum": STATUSES}, "only this status"),
+                    limit,
+                ],
+            )
+        },
+        "/api/runs/{run_id}": {
+            "parameters": [RUN_ID],
+            "get": _op(
+                "One run with its log and traceback", {"200": _json(_ref("RunDetail"), "Run")}, 400, 404
+            ),
+        },
+        "/api/instances": {
+            "get": _op(
+                "Daemon instances, newest first",
+                {"200": _json(array | {"items": _ref("Instance")}, "Instances")},
+            )
+        },
+        "/api/alerts": {
+            "get": _op(
+                "Incidents from the watchdog (open ones unless all=true)",
+                {"200": _json(array | {"items": _ref("Incident")}, "Incidents")},
+                400,
+                409,
+                parameters=[_query("all", {"type": "boolean"}, "closed incidents too"), limit],
+            )
+        },
+        "/api/audit": {
+            "get": _op(
+                "Operator changes, newest first",
+                {"200": _json(array | {"items": _ref("AuditEntry")}, "Entries")},
+                400,
+                parameters=[_query("job", {"type": "string"}, "only this job"), limit],
+            )
+        },
+        "/api/openapi.json": {
+            "get": {
+                "summary": "This document",
+                "responses": {"200": _json({"type": "object"}, "OpenAPI 3.1")},
+            }
+        },
+    }
+
+
+def document() -> dict[str, Any]:
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "scheduler API",
+            "version": __version__,
+            "description": "Jobs, runs, instances and alerts; the same data as the CLI's --json.",
+        },
+        "paths": _paths(),
+        "components": {
+            "schemas": _schemas(),
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer", "description": "SCHEDULER_API_TOKEN"}
+            },
+        },
+    }

@@ -1,0 +1,188 @@
+"""Prometheus metrics: parsed with prometheus_client's own parser, never matched as text."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import textwrap
+import urllib.request
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from scheduler import config
+from scheduler.clock import FakeClock
+from scheduler.health import Health
+from scheduler.metrics import Metrics
+from scheduler.registry import make_spec
+from scheduler.runner import ActiveRun, JobContext
+from scheduler.service import Service
+from scheduler.store import Claim, Claimed, InstanceRow, Outcome, Owner, Store
+
+from tests.conftest import wait_until
+
+OWNER = Owner("inst-a", "host-a", 4242)
+
+
+def work() -> None:
+    """A job function; never called here."""
+
+
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of the exposition text, keyed by (name, sorted labels)."""
+    found = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            found[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return found
+
+
+def finished_run(
+    job: str, status: str, slot_offset: float, took: float, clock: FakeClock, trigger: str
+) -> ActiveRun:
+    slot = clock.now()
+    claimed = Claimed(1, job, slot, "running", 1, trigger)
+    spec = make_spec(work, name=job, interval=timedelta(minutes=1))
+    ctx = JobContext(job, slot, 1, 1, logging.getLogger("test"))
+    run = ActiveRun(claimed, spec, 0.0, ctx, None)
+    started = slot + timedelta(seconds=slot_offset)
+    run.outcome = Outcome(1, 1, status, finished_at=started + timedelta(seconds=took), started_at=started)
+    return run
+
+
+def test_runs_durations_lateness_and_database_state(store: Store, clock: FakeClock) -> None:
+    now = clock.now()
+    store.jobs.sync(
+        [
+            make_spec(work, name="etl.load", interval=timedelta(minutes=10)),
+            make_spec(work, name="etl.paused", interval=timedelta(minutes=10)),
+            make_spec(work, name="etl.off", interval=timedelta(minutes=10), enabled=False),
+        ],
+        now,
+    )
+    store.jobs.set_paused("etl.paused", True, "test", now)
+    slots = [now - timedelta(minutes=10 * i) for i in range(3)]
+    store.runs.claim([Claim("etl.load", s, status="missed") for s in slots[1:]], OWNER, now, now)
+    store.runs.claim([Claim("etl.load", slots[0])], OWNER, now, now + timedelta(minutes=1))
+    store.cluster.register(
+        InstanceRow(
+            "inst-a", "host-a", 1, "1.0.0", now, now, now + timedelta(seconds=10), None, "alive", [], []
+        )
+    )
+    metrics = Metrics(store, Health(clock), clock, "inst-a", is_leader=lambda: True, running=lambda: 1)
+    metrics.observe_run(finished_run("etl.load", "succeeded", 0.3, 2.0, clock, "schedule"))
+    metrics.observe_run(finished_run("etl.load", "failed", 0.02, 40.0, clock, "schedule"))
+    metrics.observe_run(finished_run("etl.load", "succeeded", 5.0, 0.5, clock, "manual"))
+
+    body, content_type = metrics.render()
+    assert content_type.startswith("text/plain; version=")
+    got = samples(body.decode())
+    assert got[("scheduler_runs_total", (("job", "etl.load"), ("status", "succeeded")))] == 2
+    assert got[("scheduler_runs_total", (("job", "etl.load"), ("status", "failed")))] == 1
+    assert got[("scheduler_run_duration_seconds_count", (("job", "etl.load"),))] == 3
+    assert got[("scheduler_run_duration_seconds_sum", (("job", "etl.load"),))] == pytest.approx(42.5)
+    assert got[("scheduler_run_duration_seconds_bucket", (("job", "etl.load"), ("le", "1.0")))] == 1
+    # a manual run has no slot to be late for
+    assert got[("scheduler_run_lateness_seconds_count", (("job", "etl.load"),))] == 2
+    assert got[("scheduler_run_lateness_seconds_bucket", (("job", "etl.load"), ("le", "0.05")))] == 1
+    assert got[("scheduler_run_lateness_seconds_sum", (("job", "etl.load"),))] == pytest.approx(0.32)
+    for state, n in (("active", 1), ("paused", 1), ("disabled", 1)):
+        assert got[("scheduler_jobs", (("state", state),))] == n
+    assert got[("scheduler_run_records", (("job", "etl.load"), ("status", "missed")))] == 2
+    assert got[("scheduler_run_records", (("job", "etl.load"), ("status", "running")))] == 1
+    assert got[("scheduler_leader", ())] == 1 and got[("scheduler_running_runs", ())] == 1
+    assert got[("scheduler_database_up", ())] == 1 and got[("scheduler_instances_alive", ())] == 1
+    assert got[("scheduler_info", (("instance", "inst-a"), ("version", "1.0.0")))] == 1
+    next_at = store.jobs.get("etl.load").schedule().next_after(slots[0])
+    assert got[("scheduler_job_next_run_timestamp_seconds", (("job", "etl.load"),))] == next_at.timestamp()
+    assert ("scheduler_job_next_run_timestamp_seconds", (("job", "etl.paused"),)) not in got
+
+
+def test_each_metrics_has_its_own_registry(sqlite_url: str, clock: FakeClock) -> None:
+    store = Store(sqlite_url)
+    store.upgrade()
+    try:
+        first, second = (Metrics(store, Health(clock), clock, name) for name in ("a", "b"))
+        first.observe_run(finished_run("etl.load", "succeeded", 0.1, 1.0, clock, "schedule"))
+        key = ("scheduler_runs_total", (("job", "etl.load"), ("status", "succeeded")))
+        assert samples(first.render()[0].decode())[key] == 1
+        assert key not in samples(second.render()[0].decode())
+    finally:
+        store.dispose()
+
+
+def test_an_unreachable_database_reports_database_up_0(clock: FakeClock) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    store = Store(f"postgresql://postgres@127.0.0.1:{port}/none")
+    try:
+        got = samples(Metrics(store, Health(clock), clock, "a").render()[0].decode())
+    finally:
+        store.dispose()
+    assert got[("scheduler_database_up", ())] == 0 and got[("scheduler_leader", ())] == 0
+    assert not any(name == "scheduler_jobs" for name, _ in got)
+
+
+# -- a real service --------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.fixture
+def service(tmp_path: Path) -> Iterator[Service]:
+    jobs = tmp_path / "jobs"
+    jobs.mkdir()
+    (jobs / "quick.py").write_text(
+        textwrap.dedent(
+            """
+            from datetime import timedelta
+            from scheduler import job
+
+            @job(interval=timedelta(seconds=1))
+            def tick():
+                pass
+            """
+        )
+    )
+    env = {
+        "SCHEDULER_DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite'}",
+        "SCHEDULER_JOBS_PATH": str(jobs),
+        "SCHEDULER_LOG_DIR": str(tmp_path / "logs"),
+        "SCHEDULER_HTTP_ENABLED": "true",
+        "SCHEDULER_HTTP_PORT": str(free_port()),
+        "SCHEDULER_HEARTBEAT": "0.2s",
+        "SCHEDULER_LEASE_TTL": "1s",
+        "SCHEDULER_GRACE_PERIOD": "2s",
+    }
+    svc = Service(config.load(env=env))
+    svc.start()
+    try:
+        yield svc
+    finally:
+        svc.shutdown()
+
+
+def test_a_running_service_serves_metrics_health_and_api(service: Service) -> None:
+    assert service.http is not None
+    base = service.http.url
+    key = ("scheduler_runs_total", (("job", "quick.tick"), ("status", "succeeded")))
+
+    def scraped() -> dict[tuple[str, tuple[tuple[str, str], ...]], float] | None:
+        with urllib.request.urlopen(base + "/metrics", timeout=5) as response:
+            got = samples(response.read().decode())
+        return got if got.get(key, 0) >= 1 else None
+
+    got = wait_until(scraped, timeout=15)
+    assert got[("scheduler_run_duration_seconds_count", (("job", "quick.tick"),))] >= 1
+    assert got[("scheduler_leader", ())] == 1 and got[("scheduler_database_up", ())] == 1
+    with urllib.request.urlopen(base + "/healthz", timeout=5) as response:
+        assert response.status == 200
+    with urllib.request.urlopen(base + "/api/jobs", timeout=5) as response:
+        assert response.read().count(b'"name": "quick.tick"') == 1
