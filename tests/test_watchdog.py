@@ -11,6 +11,7 @@ import logging
 import threading
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,6 +21,7 @@ from scheduler.errors import SchedulerError
 from scheduler.findings import Finding, grace_for, lateness
 from scheduler.health import Health
 from scheduler.registry import make_spec
+from scheduler.service import Service
 from scheduler.store import Claim, Claimed, InstanceRow, JobRow, Outcome, Owner, Store
 from scheduler.store.alerts import IncidentRow
 from scheduler.watchdog import Watchdog, list_incidents, plan, send_test
@@ -36,7 +38,8 @@ def job_func() -> None:
 
 
 def settings(**changes: Any) -> Settings:
-    return replace(Settings(), instance_name="node-a", watchdog_interval=timedelta(seconds=15), **changes)
+    values: dict[str, Any] = {"instance_name": "node-a", "watchdog_interval": timedelta(seconds=15)}
+    return replace(Settings(), **{**values, **changes})
 
 
 def token_settings(fake: FakeSlack, **changes: Any) -> Settings:
@@ -447,24 +450,25 @@ def test_leader_change_on_postgresql_sends_one_message_per_transition(
         config = token_settings(fake_slack)
         dogs = [watchdog(s, clock, config, worker=f"inst-{n}") for n, s in enumerate(stores)]
         clock.advance(61)
-        barrier = threading.Barrier(2)
-        results: list[str] = []
-
-        def race(dog: Watchdog) -> None:
-            barrier.wait(timeout=10)
-            results.append(dog.check_jobs(clock.now()))
-
-        threads = [threading.Thread(target=race, args=(d,)) for d in dogs]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(timeout=20)
-        assert sorted(results) == ["1 opened", "no change"]  # the unique index settles the race
+        # A leader that lost its lease mid-check and the new one both decide to open the incident:
+        plans = [d.decide_jobs(clock.now()) for d in dogs]
+        assert [len(p.opens) for p in plans] == [1, 1]
+        assert [d.apply(p, clock.now()) for d, p in zip(dogs, plans, strict=True)] == [
+            "1 opened",
+            "no change",
+        ]
         for n in range(6):  # leadership alternates
             clock.advance(15)
             check(dogs[n % 2], clock)
         assert len(fake_slack.messages) == 1
         finish(stores[1], clock, start_run(stores[1], clock, clock.now()))
+        clock.advance(15)
+        plans = [d.decide_jobs(clock.now()) for d in dogs]
+        assert [len(p.closes) for p in plans] == [1, 1]
+        assert [d.apply(p, clock.now()) for d, p in zip(dogs, plans, strict=True)] == [
+            "1 closed",
+            "no change",
+        ]
         for n in range(4):
             clock.advance(15)
             check(dogs[n % 2], clock)
@@ -472,6 +476,34 @@ def test_leader_change_on_postgresql_sends_one_message_per_transition(
             f"Inactive job: {JOB}",
             f"Recovered: Inactive job: {JOB}",
         ]
+        assert {m["body"].get("thread_ts") for m in fake_slack.messages[1:]} == {
+            stores[0].alerts.incidents()[0].slack_ts
+        }
+    finally:
+        for s in stores:
+            s.dispose()
+
+
+def test_racing_openers_on_postgresql_leave_one_open_incident(pg_url: str, clock: FakeClock) -> None:
+    stores = [Store(pg_url) for _ in range(4)]
+    stores[0].upgrade()
+    try:
+        barrier = threading.Barrier(len(stores))
+        results: list[object] = []
+
+        def open_one(store: Store) -> None:
+            barrier.wait(timeout=10)
+            results.append(
+                store.alerts.open_incident(JOB, "failing", "failed", {}, clock.now(), {"text": "x"})
+            )
+
+        threads = [threading.Thread(target=open_one, args=(s,)) for s in stores]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=20)
+        assert sum(r is not None for r in results) == 1 and len(results) == len(stores)
+        assert len(stores[0].alerts.notices()) == 1
     finally:
         for s in stores:
             s.dispose()
@@ -562,3 +594,46 @@ def test_send_test_fails_with_one_line(fake_slack: FakeSlack, clock: FakeClock) 
     message = str(failure.value)
     assert message.startswith("slack: test message not sent: Slack refused the message")
     assert "\n" not in message and TOKEN not in message
+
+
+def test_service_reports_a_failing_job_and_a_broken_module_to_slack(
+    tmp_path: Path, fake_slack: FakeSlack
+) -> None:
+    jobs = tmp_path / "jobs"
+    jobs.mkdir()
+    (jobs / "flaky.py").write_text(
+        "from datetime import timedelta\n"
+        "from scheduler import job\n\n\n"
+        "@job(interval=timedelta(seconds=1))\n"
+        "def always_fails():\n"
+        "    raise RuntimeError('upstream refused')\n"
+    )
+    (jobs / "nightly.py").write_text("import module_that_does_not_exist\n")
+    paths = {"state_dir": tmp_path / "var"} if hasattr(Settings(), "state_dir") else {}
+    config = token_settings(
+        fake_slack,
+        database_url=f"sqlite:///{tmp_path / 'scheduler.db'}",
+        jobs_path=jobs,
+        log_dir=tmp_path / "logs",
+        heartbeat=timedelta(seconds=0.2),
+        lease_ttl=timedelta(seconds=1),
+        settle_time=timedelta(0),
+        grace_period=timedelta(seconds=1),
+        watchdog_interval=timedelta(seconds=0.2),
+        **paths,
+    )
+    service = Service(config)
+    try:
+        service.start()
+        assert fake_slack.wait_for(2, timeout=20)
+    finally:
+        service.shutdown()
+    headers = sorted(header(m) for m in fake_slack.messages[:2])
+    assert headers[0].startswith(":red_circle: Broken job: ") and headers[0].endswith("nightly.py")
+    assert headers[1] == ":red_circle: Failing job: flaky.always_fails"
+    assert "RuntimeError: upstream refused" in str(fake_slack.messages)
+    store = Store(config.database_url)
+    try:
+        assert {i.kind for i in store.alerts.incidents(open_only=True)} == {"broken", "failing"}
+    finally:
+        store.dispose()

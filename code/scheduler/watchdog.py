@@ -158,13 +158,18 @@ class Watchdog:
 
     def check_jobs(self, now: datetime) -> str:
         """Delayed, inactive, failing, overrunning and broken jobs. Raises StoreUnavailable."""
+        return self.apply(self.decide_jobs(now), now)
+
+    def decide_jobs(self, now: datetime) -> Plan:
+        """Read a snapshot and decide the job transitions, writing nothing. Raises StoreUnavailable."""
         rows = self.store.jobs.all()
-        depth = min(
-            MAX_STREAK, max([int(r.definition.get("alert_after_failures") or 1) for r in rows] or [1])
-        )
-        snap = Snapshot(now, rows, self.store.alerts.activity(depth), self.store.cluster.alive(now))
+        thresholds = [int(r.definition.get("alert_after_failures") or 1) for r in rows]
+        snap = Snapshot(
+            now, rows, self.store.alerts.activity(min(MAX_STREAK, max(thresholds, default=1))),
+            self.store.cluster.alive(now),
+        )  # fmt: skip
         current = self.store.alerts.open_incidents(JOB_KINDS)
-        return self.apply(plan(detect_jobs(snap), current, now, self.settings.realert_after), now)
+        return plan(detect_jobs(snap), current, now, self.settings.realert_after)
 
     def check_instances(self, now: datetime) -> str:
         """No live instance. Runs on every instance. Raises StoreUnavailable."""
