@@ -550,3 +550,33 @@ def test_claim_failure_leaves_slots_undecided_and_they_run_when_the_database_ans
     assert harness.health.database_up
     assert statuses(harness.runs("flaky.job")) == [(ANCHOR, "succeeded"), (at(10), "succeeded")]
     assert calls.slots == [ANCHOR, at(10)]
+
+
+# -- two instances on one database --------------------------------------------------------
+
+
+def test_two_dispatchers_on_one_database_run_each_slot_once(tmp_path: Path, clock: FakeClock) -> None:
+    calls = Calls()
+    spec = interval_job("shared.job", 10, calls.add)
+    first = Harness(tmp_path, clock)
+    second = Harness(tmp_path, clock)
+    second.dispatcher.owner = Owner("dispatch-peer", "peer-host", 4343)
+    try:
+        first.load(spec)
+        second.load(spec)
+        clock.advance(timedelta(seconds=1))
+        for i in range(6):
+            pair = (first, second) if i % 2 == 0 else (second, first)  # either may tick first
+            won = pair[0].dispatcher.tick(clock.now()) + pair[1].dispatcher.tick(clock.now())
+            assert len(won) == 1
+            first.idle()
+            second.idle()
+            clock.advance(timedelta(seconds=10))
+        rows = first.runs("shared.job")
+        assert [r.scheduled_for for r in rows] == [at(s) for s in range(0, 51, 10)]
+        assert calls.slots == [r.scheduled_for for r in rows]
+        # The first to tick wins the slot; the other's claim finds the row and wins nothing.
+        assert [r.owner for r in rows] == [OWNER.instance, "dispatch-peer"] * 3
+    finally:
+        second.close()
+        first.close()

@@ -81,6 +81,31 @@ def test_a_database_from_newer_code_is_refused_naming_its_revision(store: Store)
     assert store.db.current_revision() == "9999_from_the_future"
 
 
+def test_concurrent_upgrades_of_an_empty_database_both_succeed(db_url: str) -> None:
+    stores = [Store(db_url) for _ in range(3)]
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(len(stores))
+
+    def upgrade(s: Store) -> None:
+        barrier.wait(timeout=10)
+        try:
+            s.upgrade()
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=upgrade, args=(s,)) for s in stores]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    try:
+        assert errors == []
+        assert stores[0].db.current_revision() == stores[0].db.head_revision()
+    finally:
+        for s in stores:
+            s.dispose()
+
+
 def test_instants_come_back_tz_aware_utc(store: Store) -> None:
     (run_id,) = claim_one(store, "tz.job", datetime(2026, 3, 1, 13, 0, tzinfo=UTC))
     row = store.runs.get(run_id)
