@@ -8,6 +8,7 @@ Slack server, and the store is SQLite and PostgreSQL.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -581,7 +582,7 @@ def test_secrets_never_reach_the_logs(
 
 def test_send_test_posts_a_test_message(fake_slack: FakeSlack, clock: FakeClock) -> None:
     result = send_test(token_settings(fake_slack), clock)
-    assert result.startswith("test message sent (Slack bot token, channel #dev-notify)")
+    assert re.fullmatch(r"Slack bot token, channel #dev-notify \(ts \d+\.\d+\)", result)
     assert header(fake_slack.messages[0]) == ":large_blue_circle: Test notification"
 
 

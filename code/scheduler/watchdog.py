@@ -322,7 +322,8 @@ def list_incidents(store: Store, open_only: bool = False, limit: int = 50) -> li
 
 
 def send_test(settings: Settings, clock: Clock | None = None) -> str:
-    """Send a test message through the configured notifier; returns where it went.
+    """Send a test message through the configured notifier; returns where it went, e.g.
+    'Slack bot token, channel #dev-notify (ts 1700000000.000100)'.
 
     Raises SchedulerError with one line if Slack is not configured or refused.
     """
@@ -340,4 +341,4 @@ def send_test(settings: Settings, clock: Clock | None = None) -> str:
         delivery = notifier.send(build_payload(alert))
     except TransportError as exc:
         raise SchedulerError(f"slack: test message not sent: {exc}") from None
-    return f"test message sent ({notifier.describe()})" + (f", ts {delivery.ts}" if delivery.ts else "")
+    return notifier.describe() + (f" (ts {delivery.ts})" if delivery.ts else "")
