@@ -50,7 +50,7 @@ def render_page(
             _section("Instances", _instances(instances, now)),
         ]
     )
-    return _layout("Scheduler", _token_bar(writable) + f'<div id="live">{live}</div>')
+    return _layout("Dashboard", _token_bar(writable) + f'<div id="live">{live}</div>')
 
 
 def render_run(run: dict[str, Any], now: datetime) -> str:
