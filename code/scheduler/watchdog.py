@@ -163,11 +163,11 @@ class Watchdog:
     def decide_jobs(self, now: datetime) -> Plan:
         """Read a snapshot and decide the job transitions, writing nothing. Raises StoreUnavailable."""
         rows = self.store.jobs.all()
-        thresholds = [int(r.definition.get("alert_after_failures") or 1) for r in rows]
-        snap = Snapshot(
-            now, rows, self.store.alerts.activity(min(MAX_STREAK, max(thresholds, default=1))),
-            self.store.cluster.alive(now),
-        )  # fmt: skip
+        depth = min(
+            MAX_STREAK, max((int(r.definition.get("alert_after_failures") or 1) for r in rows), default=1)
+        )
+        activity = self.store.alerts.activity([r.name for r in rows], depth)
+        snap = Snapshot(now, rows, activity, self.store.cluster.alive(now))
         current = self.store.alerts.open_incidents(JOB_KINDS)
         return plan(detect_jobs(snap), current, now, self.settings.realert_after)
 

@@ -14,7 +14,7 @@ Sending is claimed: a sender marks due rows `claimed_by`/`claimed_until`
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -367,36 +367,33 @@ class AlertRepository:
 
     # -- run facts ------------------------------------------------------------
 
-    def activity(self, depth: int) -> Activity:
-        """Each job's last start, the runs still running, and its `depth` latest outcomes."""
-        ranked = (
-            sa.select(
-                runs,
-                sa.func.row_number()
-                .over(partition_by=runs.c.job, order_by=(runs.c.finished_at.desc(), runs.c.id.desc()))
-                .label("rank"),
-            )
-            .where(runs.c.status.in_(OUTCOMES))
-            .subquery()
-        )
-        outcome_query = (
-            sa.select(*[ranked.c[c.name] for c in runs.c])
-            .where(ranked.c.rank <= depth)
-            .order_by(ranked.c.job, ranked.c.rank)
-        )
+    def activity(self, names: Iterable[str], depth: int) -> Activity:
+        """The jobs' last starts and `depth` latest outcomes (by slot), and every running run.
+
+        Per-job queries walk the (job, scheduled_for) index backwards, so the
+        cost does not grow with the history kept.
+        """
+        newest = (runs.c.scheduled_for.desc(), runs.c.id.desc())
+        activity = Activity()
         with self.db.read() as conn:
-            last = conn.execute(
-                sa.select(runs.c.job, sa.func.max(runs.c.started_at))
-                .where(runs.c.started_at.is_not(None))
-                .group_by(runs.c.job)
-            ).all()
+            for name in names:
+                started = conn.execute(
+                    sa.select(runs.c.started_at)
+                    .where(runs.c.job == name, runs.c.started_at.is_not(None))
+                    .order_by(*newest)
+                    .limit(1)
+                ).scalar()
+                if started is not None:
+                    activity.last_started[name] = _as_utc(started)
+                outcomes = conn.execute(
+                    sa.select(runs)
+                    .where(runs.c.job == name, runs.c.status.in_(OUTCOMES))
+                    .order_by(*newest)
+                    .limit(depth)
+                )
+                activity.outcomes[name] = [RunRow.from_row(r) for r in outcomes]
             running = conn.execute(sa.select(runs).where(runs.c.status == "running").order_by(runs.c.id))
-            activity = Activity(
-                last_started={job: _as_utc(at) for job, at in last},
-                running=[RunRow.from_row(r) for r in running],
-            )
-            for r in conn.execute(outcome_query):
-                activity.outcomes.setdefault(r.job, []).append(RunRow.from_row(r))
+            activity.running.extend(RunRow.from_row(r) for r in running)
         return activity
 
 
