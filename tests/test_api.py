@@ -132,6 +132,14 @@ def test_read_routes(app: Api, world: Store) -> None:
     assert run["log"] == "fetched 3 rows\n" and run["duration_seconds"] == 2.0
     assert get_json(app, "/api/instances") == []
     assert get_json(app, "/api/audit") == []
+    world.alerts.open_incident(
+        "etl.load", "failing", "etl.load <b>failed</b>", {}, world.runs.get(1).finished_at, None
+    )
+    alerts = get_json(app, "/api/alerts", "all=true&limit=5")
+    assert [(a["subject"], a["kind"]) for a in alerts] == [("etl.load", "failing")]
+    assert get_json(app, "/api/alerts") == alerts
+    page = call(app, "GET", "/")[2].decode()
+    assert 'id="alerts"' in page and "etl.load &lt;b&gt;failed&lt;/b&gt;" in page
 
 
 @pytest.mark.parametrize(

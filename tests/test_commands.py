@@ -18,6 +18,8 @@ from scheduler.registry import JobSpec, make_spec
 from scheduler.store import Claim, InstanceRow, Outcome, Owner, Store
 from scheduler.store.cluster import LEADER
 
+from tests.fakeslack import FakeSlack, fake_slack_fixture  # noqa: F401
+
 REPO = Path(__file__).resolve().parents[1]
 OWNER = Owner("inst-a", "host-a", 4242)
 NOW = datetime(2026, 3, 27, 12, 0, 0, tzinfo=UTC)
@@ -363,16 +365,35 @@ def test_a_database_without_schema_is_refused(pg_url: str, capsys: pytest.Captur
     )
 
 
-def test_alerts_and_notify_test_fail_cleanly_without_a_watchdog_function(
-    world: Store, capsys: pytest.CaptureFixture[str]
+def test_alerts_lists_the_watchdog_incidents(
+    world: Store, clock: FakeClock, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    try:
-        views.watchdog_function("list_incidents")
-    except views.RefusedError:
-        code, out, err = cli(url_of(world), "alerts", capsys=capsys)
-        assert code == 1 and out == "" and err.startswith("error: ") and err.count("\n") == 1
-    else:
-        assert isinstance(cli_json(url_of(world), "alerts", "--all", capsys=capsys), list)
+    url = url_of(world)
+    assert cli(url, "alerts", capsys=capsys)[1] == "no open incidents\n"
+    world.alerts.open_incident(
+        "etl.load", "failing", "etl.load failed 3 times", {"streak": 3}, clock.now(), None
+    )
+    found = cli_json(url, "alerts", capsys=capsys)
+    assert [(a["subject"], a["kind"], a["summary"], a["closed_at"]) for a in found] == [
+        ("etl.load", "failing", "etl.load failed 3 times", None)
+    ]
+    assert found[0]["opened_at"] == clock.now().isoformat() and found[0]["details"] == {"streak": 3}
+    code, out, _ = cli(url, "alerts", "--all", capsys=capsys)
+    assert code == 0 and out.splitlines()[1].split()[1:4] == ["failing", "etl.load", "2026-03-27"]
+
+
+def test_notify_test_sends_through_the_configured_slack(
+    world: Store, fake_slack: FakeSlack, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("SCHEDULER_SLACK_TOKEN", raising=False)
+    monkeypatch.delenv("SCHEDULER_SLACK_WEBHOOK_URL", raising=False)
+    code, out, err = cli(url_of(world), "notify-test", capsys=capsys)
+    assert code == 1 and out == "" and err.startswith("error: slack: not configured") and err.count("\n") == 1
+    monkeypatch.setenv("SCHEDULER_SLACK_WEBHOOK_URL", fake_slack.webhook_url)
+    code, out, err = cli(url_of(world), "notify-test", capsys=capsys)
+    assert code == 0 and out.startswith("test notification sent: ") and err == ""
+    assert fake_slack.wait_for(1) and len(fake_slack.messages) == 1
+    assert "fakeWebhookSecret" not in out
 
 
 # -- as processes ---------------------------------------------------------------
