@@ -254,6 +254,22 @@ def test_a_job_that_ignores_its_timeout_is_still_recorded_timed_out(harness: Har
     assert harness.store.runs.get(claimed.run_id).status == "timed_out"
 
 
+def test_no_retry_starts_after_the_timeout_has_passed(harness: Harness) -> None:
+    calls: list[int] = []
+
+    def fails(ctx: JobContext) -> None:
+        calls.append(ctx.attempt)
+        raise TimeoutError(f"remote slow on attempt {ctx.attempt}")
+
+    spec = job(
+        "late.retry", fails, timeout=timedelta(seconds=5), retries=3, retry_delay=timedelta(seconds=10)
+    )
+    row = harness.run(spec)
+    assert calls == [1]
+    assert (row.status, row.attempt, row.error_type) == ("timed_out", 1, "TimeoutError")
+    assert row.error_message == "ran 10.0s, over its timeout of 5s; then raised: remote slow on attempt 1"
+
+
 def test_a_run_within_its_timeout_succeeds(harness: Harness) -> None:
     row = harness.run(job("quick.job", lambda ctx: harness.clock.advance(4), timeout=timedelta(seconds=5)))
     assert row.status == "succeeded"

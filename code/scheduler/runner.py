@@ -194,6 +194,8 @@ class Runner:
                 )
                 if self.clock.wait(spec.retry_delay.total_seconds(), self._stop):
                     return self._outcome(run, "failed", attempt, buffer, exc)
+                if self._overdue(run):  # the timeout bounds the whole run: no attempt starts after it
+                    return self._outcome(run, "timed_out", attempt, buffer, exc)
                 attempt += 1
                 self._set_attempt(run.claimed, attempt)
                 continue
