@@ -426,9 +426,12 @@ def test_dispatcher_loop_detects_a_backward_step_and_rewinds(harness: Harness) -
     stepped = threading.Event()
     stop = threading.Event()
     original_wait = harness.clock.wait
+    due_after_step: list[datetime | None] = []
 
     def wait(seconds: float, event: threading.Event) -> bool:
         now = harness.clock.now()
+        if stepped.is_set() and not due_after_step:
+            due_after_step.append(harness.dispatcher.next_due())
         if not stepped.is_set() and now >= at(35):
             stepped.set()
             harness.clock.set(at(12))  # wall clock jumps back; monotonic does not
@@ -449,6 +452,7 @@ def test_dispatcher_loop_detects_a_backward_step_and_rewinds(harness: Harness) -
     assert slots == [at(s) for s in range(0, 61, 10)][: len(slots)]
     assert len(slots) >= 6
     assert calls.slots == slots
+    assert due_after_step == [at(20)]  # rescheduled from the stepped-back now, not left at 12:00:40
 
 
 # -- cron across DST ----------------------------------------------------------------------
