@@ -373,7 +373,7 @@ class AlertRepository:
         Per-job queries walk the (job, scheduled_for) index backwards, so the
         cost does not grow with the history kept.
         """
-        newest = (runs.c.scheduled_for.desc(), runs.c.id.desc())
+        newest = (runs.c.scheduled_for.desc(),)  # unique per job: no tie to break
         activity = Activity()
         with self.db.read() as conn:
             for name in names:
