@@ -418,6 +418,8 @@ class HttpServer:
     def start(self) -> None:
         self._thread.start()
         log.info("serving the API, dashboard and metrics on %s", self.url, extra={"action": "http"})
+        if self.host not in ("127.0.0.1", "::1", "localhost"):
+            log.warning("HTTP reads (jobs, runs, logs) need no token and %s is not loopback", self.host)
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop accepting, let requests in progress finish (up to `timeout`), end the thread."""
