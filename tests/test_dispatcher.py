@@ -348,6 +348,22 @@ def test_paused_job_lets_slots_pass_unrecorded_and_resumes_without_catchup(harne
     assert calls.slots == [ANCHOR, at(70)]
 
 
+def test_slots_that_fell_due_while_paused_do_not_run_at_resume(harness: Harness) -> None:
+    calls = Calls()
+    harness.load(interval_job("resume.job", 10, calls.add))
+    harness.advance_and_tick(timedelta(seconds=1))
+    harness.store.jobs.set_paused("resume.job", True, "ops", harness.clock.now())
+    harness.dispatcher.poll(harness.clock.now())
+
+    harness.clock.advance(timedelta(seconds=25))  # 12:00:10 and 12:00:20 fall due, no tick yet
+    harness.store.jobs.set_paused("resume.job", False, "ops", harness.clock.now())
+    harness.dispatcher.poll(harness.clock.now())  # the loop polls before it ticks
+    assert harness.tick() == []
+    harness.advance_and_tick(timedelta(seconds=5))
+
+    assert statuses(harness.runs("resume.job")) == [(ANCHOR, "succeeded"), (at(30), "succeeded")]
+
+
 def test_a_paused_job_ignores_manual_triggers_until_resumed(harness: Harness) -> None:
     calls = Calls()
     harness.load(interval_job("manual.job", 3600, calls.add))
