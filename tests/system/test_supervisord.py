@@ -153,6 +153,13 @@ def _is_control_py(pid: int) -> bool:
         return False
 
 
+def _read(path: Path) -> str:
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        return ""
+
+
 def _environ(pid: int) -> dict[str, str]:
     raw = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
     return dict(item.decode().split("=", 1) for item in raw if b"=" in item)
@@ -220,10 +227,16 @@ def test_supervisorctl_start_stop_restart_drive_the_daemon(
     assert started.returncode == 0 and "scheduler: started" in started.stdout, started.stdout + started.stderr
     first = sv.info("scheduler")
     assert first["statename"] == "RUNNING"
-    assert pidfile.read_text().strip() == str(first["pid"])
+    wait_until(lambda: _read(pidfile) == str(first["pid"]), 20)  # RUNNING (startsecs) may come first
     env = _environ(first["pid"])
     assert env["SCHEDULER_JOBS_PATH"] == str(jobs) and env["SCHEDULER_API_TOKEN"] == token
     wait_until(lambda: len(runs(f"job = 'tick' AND status = 'succeeded' AND pid = {first['pid']}")) >= 2, 20)
+
+    # SIGHUP through supervisorctl: a job module added since the start is loaded, without a restart.
+    _write_job(jobs, "added", TICK.replace('name="tick"', 'name="added"'), OUT=str(tmp_path / "added.txt"))
+    hup = sv.ctl("signal", "HUP", "scheduler")
+    assert hup.returncode == 0 and "scheduler: signalled" in hup.stdout, hup.stdout + hup.stderr
+    wait_until(lambda: runs(f"job = 'added' AND status = 'succeeded' AND pid = {first['pid']}"), 20)
 
     # Restart while `slow` runs: the run finishes inside the grace period, then a new process takes over.
     (busy,) = wait_until(lambda: runs("job = 'slow' AND status = 'running'"), 10)
@@ -278,9 +291,10 @@ def test_numprocs_two_on_postgresql_run_each_slot_once(
     assert status.returncode == 0 and status.stdout.count(" RUNNING ") == 2, status.stdout
     pids = {num: sv.info(name)["pid"] for num, name in enumerate(names)}
     for num, pid in pids.items():
-        assert (tmp_path / "var" / f"scheduler_{num:02d}.pid").read_text().strip() == str(pid)
+        pidfile = tmp_path / "var" / f"scheduler_{num:02d}.pid"
+        wait_until(lambda pidfile=pidfile, pid=pid: _read(pidfile) == str(pid), 20)
         info_log = tmp_path / "logs" / f"scheduler_{num:02d}" / "info.log"
-        wait_until(lambda log=info_log: "started instance" in log.read_text(), 20)
+        wait_until(lambda log=info_log: "started instance" in _read(log), 20)
 
     def alive() -> set[tuple[str, int]]:
         return {
