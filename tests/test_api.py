@@ -12,13 +12,15 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from jsonschema import Draft202012Validator
+from openapi_spec_validator import validate as validate_spec
 from scheduler import commands, control
 from scheduler.api import MAX_BODY, Api, HttpServer
 from scheduler.clock import FakeClock
 from scheduler.health import Health
 from scheduler.metrics import Metrics
 from scheduler.registry import make_spec
-from scheduler.store import Claim, Outcome, Owner, Store
+from scheduler.store import Claim, InstanceRow, Outcome, Owner, Store
 from scheduler.web import openapi
 
 TOKEN = "t0ken-for-tests"
@@ -397,3 +399,44 @@ def test_a_taken_port_is_a_one_line_config_error(app: Api) -> None:
         port = taken.getsockname()[1]
         with pytest.raises(ConfigError, match=f"SCHEDULER_HTTP_PORT: cannot listen on 127.0.0.1:{port}: "):
             HttpServer(app, "127.0.0.1", port)
+
+
+def test_every_answer_matches_the_openapi_document(app: Api, world: Store, clock: FakeClock) -> None:
+    doc = openapi.document()
+    validate_spec(doc)  # a valid OpenAPI 3.1 document
+    now = clock.now()
+    world.cluster.register(
+        InstanceRow(
+            "inst-a", "host-a", 1, "1.0.0", now, now, now + timedelta(seconds=10), None, "alive", [], []
+        )
+    )
+    world.alerts.open_incident("etl.load", "failing", "etl.load failed", {}, now, None)
+    checked = []
+
+    def check(method: str, pattern: str, path: str, body: bytes = b"", query: str = "") -> None:
+        status, _, data = call(app, method, path, body, token=TOKEN, query=query)
+        answer = doc["paths"][pattern][method.lower()]["responses"][str(status)]
+        schema = answer["content"]["application/json"]["schema"]
+        validator = Draft202012Validator(
+            {**schema, "components": doc["components"]}, format_checker=Draft202012Validator.FORMAT_CHECKER
+        )
+        validator.validate(json.loads(data))
+        checked.append((method, pattern, status))
+
+    check("GET", "/healthz", "/healthz")
+    check("GET", "/api/jobs", "/api/jobs")
+    check("GET", "/api/jobs/{name}", "/api/jobs/etl.load")
+    check("GET", "/api/jobs/{name}", "/api/jobs/nope")
+    check("GET", "/api/jobs/{name}/next", "/api/jobs/reports.nightly/next", query="n=3")
+    check("POST", "/api/jobs/{name}/trigger", "/api/jobs/etl.load/trigger")
+    check("POST", "/api/jobs/{name}/pause", "/api/jobs/etl.load/pause")
+    check("POST", "/api/jobs/{name}/trigger", "/api/jobs/etl.load/trigger")
+    check("POST", "/api/jobs/{name}/resume", "/api/jobs/etl.load/resume")
+    check("PUT", "/api/jobs/{name}/schedule", "/api/jobs/etl.load/schedule", b'{"cron": "0 6 * * *"}')
+    check("PUT", "/api/jobs/{name}/schedule", "/api/jobs/etl.load/schedule", b'{"cron": 6}')
+    check("GET", "/api/runs", "/api/runs", query="limit=10")
+    check("GET", "/api/runs/{run_id}", "/api/runs/1")
+    check("GET", "/api/instances", "/api/instances")
+    check("GET", "/api/alerts", "/api/alerts", query="all=true")
+    check("GET", "/api/audit", "/api/audit")
+    assert {status for _, _, status in checked} == {200, 202, 400, 404, 409}

@@ -56,6 +56,16 @@ def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any
     return {"name": name, "in": "query", "required": False, "schema": schema, "description": description}
 
 
+def _strict(**properties: Any) -> dict[str, Any]:
+    """An object with exactly these properties, all present."""
+    return {
+        "type": "object",
+        "properties": properties,
+        "required": list(properties),
+        "additionalProperties": False,
+    }
+
+
 def _schemas() -> dict[str, Any]:
     slot = {
         "type": "object",
@@ -71,27 +81,24 @@ def _schemas() -> dict[str, Any]:
         },
         "required": ["at", "local", "zone"],
     }
-    run = {
-        "type": "object",
-        "properties": {
-            "id": {"type": "integer"},
-            "job": {"type": "string"},
-            "scheduled_for": {"type": "string", "format": "date-time"},
-            "trigger": {"enum": ["schedule", "catchup", "manual"]},
-            "status": {"enum": STATUSES},
-            "attempt": {"type": "integer"},
-            "instance": NULL_STRING,
-            "host": NULL_STRING,
-            "pid": {"type": ["integer", "null"]},
-            "started_at": NULL_TIME,
-            "finished_at": NULL_TIME,
-            "duration_seconds": NULL_NUMBER,
-            "lateness_seconds": NULL_NUMBER,
-            "error_type": NULL_STRING,
-            "error_message": NULL_STRING,
-        },
-        "required": ["id", "job", "scheduled_for", "status"],
+    run_fields = {
+        "id": {"type": "integer"},
+        "job": {"type": "string"},
+        "scheduled_for": {"type": "string", "format": "date-time"},
+        "trigger": {"enum": ["schedule", "catchup", "manual"]},
+        "status": {"enum": STATUSES},
+        "attempt": {"type": "integer"},
+        "instance": NULL_STRING,
+        "host": NULL_STRING,
+        "pid": {"type": ["integer", "null"]},
+        "started_at": NULL_TIME,
+        "finished_at": NULL_TIME,
+        "duration_seconds": NULL_NUMBER,
+        "lateness_seconds": NULL_NUMBER,
+        "error_type": NULL_STRING,
+        "error_message": NULL_STRING,
     }
+    run = {"type": "object", "properties": run_fields, "required": list(run_fields)}
     run_detail = {
         "allOf": [
             _ref("Run"),
@@ -102,29 +109,27 @@ def _schemas() -> dict[str, Any]:
                     "log_truncated": {"type": "boolean"},
                     "error_traceback": NULL_STRING,
                 },
+                "required": ["log", "log_truncated", "error_traceback"],
             },
         ]
     }
-    job = {
-        "type": "object",
-        "properties": {
-            "name": {"type": "string"},
-            "schedule": {"type": "string", "description": "the effective schedule, e.g. 'every 5m'"},
-            "code_schedule": {"type": "string"},
-            "overridden": {"type": "boolean"},
-            "timezone": {"type": "string"},
-            "enabled": {"type": "boolean"},
-            "paused": {"type": "boolean"},
-            "next_run": {"oneOf": [_ref("Slot"), {"type": "null"}]},
-            "due": {"type": "boolean"},
-            "last_run": {"oneOf": [_ref("Run"), {"type": "null"}]},
-            "last_status": NULL_STRING,
-            "changed_by": NULL_STRING,
-            "changed_at": NULL_TIME,
-            "loaded_at": NULL_TIME,
-        },
-        "required": ["name", "schedule", "paused", "next_run"],
+    job_fields = {
+        "name": {"type": "string"},
+        "schedule": {"type": "string", "description": "the effective schedule, e.g. 'every 5m'"},
+        "code_schedule": {"type": "string"},
+        "overridden": {"type": "boolean"},
+        "timezone": {"type": "string"},
+        "enabled": {"type": "boolean"},
+        "paused": {"type": "boolean"},
+        "next_run": {"oneOf": [_ref("Slot"), {"type": "null"}]},
+        "due": {"type": "boolean"},
+        "last_run": {"oneOf": [_ref("Run"), {"type": "null"}]},
+        "last_status": NULL_STRING,
+        "changed_by": NULL_STRING,
+        "changed_at": NULL_TIME,
+        "loaded_at": NULL_TIME,
     }
+    job = {"type": "object", "properties": job_fields, "required": list(job_fields)}
     job_detail = {
         "allOf": [
             _ref("Job"),
@@ -135,6 +140,7 @@ def _schemas() -> dict[str, Any]:
                     "override": {"type": "object"},
                     "recent_runs": {"type": "array", "items": _ref("Run")},
                 },
+                "required": ["definition", "override", "recent_runs"],
             },
         ]
     }
@@ -145,9 +151,58 @@ def _schemas() -> dict[str, Any]:
         "RunDetail": run_detail,
         "Job": job,
         "JobDetail": job_detail,
-        "Instance": {"type": "object", "required": ["id", "host", "pid", "status", "leader"]},
-        "Incident": {"type": "object"},
-        "AuditEntry": {"type": "object", "required": ["at", "actor", "action", "job", "details"]},
+        "Instance": _strict(
+            id={"type": "string"},
+            host={"type": "string"},
+            pid={"type": "integer"},
+            version={"type": "string"},
+            status={"enum": ["alive", "stopped", "dead"]},
+            leader={"type": "boolean"},
+            started_at={"type": "string", "format": "date-time"},
+            heartbeat_at={"type": "string", "format": "date-time"},
+            expires_at={"type": "string", "format": "date-time"},
+            stopped_at=NULL_TIME,
+            jobs={"type": "array", "items": {"type": "string"}},
+            problems={"type": "array", "items": {"type": "object"}},
+        ),
+        "Incident": {
+            "type": "object",
+            "properties": {
+                "id": {"type": "integer"},
+                "subject": {"type": "string"},
+                "kind": {"type": "string"},
+                "opened_at": {"type": "string", "format": "date-time"},
+                "closed_at": NULL_TIME,
+                "summary": {"type": "string"},
+                "details": {"type": "object"},
+            },
+            "required": ["id", "subject", "kind", "opened_at", "closed_at", "summary"],
+        },
+        "AuditEntry": _strict(
+            at={"type": "string", "format": "date-time"},
+            actor={"type": "string", "description": "user@host (CLI) or api:<address>"},
+            action={"enum": ["pause", "resume", "set", "unset", "trigger"]},
+            job=NULL_STRING,
+            details={"type": "object"},
+        ),
+        "Slots": _strict(
+            job={"type": "string"},
+            schedule={"type": "string"},
+            timezone={"type": "string"},
+            paused={"type": "boolean"},
+            enabled={"type": "boolean"},
+            slots={"type": "array", "items": _ref("Slot")},
+        ),
+        "Queued": _strict(
+            job={"type": "string"},
+            run_id={"type": "integer"},
+            status={"const": "queued"},
+            instances={
+                "type": "array",
+                "items": {"type": "string"},
+                "description": "live instances loading it",
+            },
+        ),
         "Health": {
             "type": "object",
             "properties": {"ok": {"type": "boolean"}, "reason": {"type": "string"}},
@@ -192,7 +247,7 @@ def _paths() -> dict[str, Any]:
             "parameters": [JOB_NAME],
             "get": _op(
                 "Upcoming slots from the effective schedule, in UTC and the job's zone",
-                {"200": _json({"type": "object"}, "Slots")},
+                {"200": _json(_ref("Slots"), "Slots")},
                 400,
                 404,
                 parameters=[
@@ -204,7 +259,7 @@ def _paths() -> dict[str, Any]:
             "parameters": [JOB_NAME],
             "post": _op(
                 "Queue one manual run; a live instance that loads the job runs it (skipped if busy)",
-                {"202": _json({"type": "object"}, "Queued")},
+                {"202": _json(_ref("Queued"), "Queued")},
                 400,
                 404,
                 409,
