@@ -28,6 +28,7 @@ from scheduler.store.alerts import IncidentRow
 from scheduler.watchdog import Watchdog, list_incidents, plan, send_test
 
 from tests.fakeslack import FakeSlack, fake_slack_fixture  # noqa: F401
+from tests.system.tcpproxy import TcpProxy
 
 TOKEN = "xoxb-222222222-watchdogTokenSecret"
 OWNER = Owner("inst-a", "node-a", 4242)
@@ -597,23 +598,13 @@ def test_send_test_fails_with_one_line(fake_slack: FakeSlack, clock: FakeClock) 
     assert "\n" not in message and TOKEN not in message
 
 
-def test_service_reports_a_failing_job_and_a_broken_module_to_slack(
-    tmp_path: Path, fake_slack: FakeSlack
-) -> None:
+def service_settings(fake: FakeSlack, tmp_path: Path, database_url: str, **changes: Any) -> Settings:
     jobs = tmp_path / "jobs"
-    jobs.mkdir()
-    (jobs / "flaky.py").write_text(
-        "from datetime import timedelta\n"
-        "from scheduler import job\n\n\n"
-        "@job(interval=timedelta(seconds=1))\n"
-        "def always_fails():\n"
-        "    raise RuntimeError('upstream refused')\n"
-    )
-    (jobs / "nightly.py").write_text("import module_that_does_not_exist\n")
+    jobs.mkdir(exist_ok=True)
     paths = {"state_dir": tmp_path / "var"} if hasattr(Settings(), "state_dir") else {}
-    config = token_settings(
-        fake_slack,
-        database_url=f"sqlite:///{tmp_path / 'scheduler.db'}",
+    return token_settings(
+        fake,
+        database_url=database_url,
         jobs_path=jobs,
         log_dir=tmp_path / "logs",
         heartbeat=timedelta(seconds=0.2),
@@ -622,7 +613,22 @@ def test_service_reports_a_failing_job_and_a_broken_module_to_slack(
         grace_period=timedelta(seconds=1),
         watchdog_interval=timedelta(seconds=0.2),
         **paths,
+        **changes,
     )
+
+
+def test_service_reports_a_failing_job_and_a_broken_module_to_slack(
+    tmp_path: Path, fake_slack: FakeSlack
+) -> None:
+    config = service_settings(fake_slack, tmp_path, f"sqlite:///{tmp_path / 'scheduler.db'}")
+    (config.jobs_path / "flaky.py").write_text(
+        "from datetime import timedelta\n"
+        "from scheduler import job\n\n\n"
+        "@job(interval=timedelta(seconds=1))\n"
+        "def always_fails():\n"
+        "    raise RuntimeError('upstream refused')\n"
+    )
+    (config.jobs_path / "nightly.py").write_text("import module_that_does_not_exist\n")
     service = Service(config)
     try:
         service.start()
@@ -638,3 +644,38 @@ def test_service_reports_a_failing_job_and_a_broken_module_to_slack(
         assert {i.kind for i in store.alerts.incidents(open_only=True)} == {"broken", "failing"}
     finally:
         store.dispose()
+
+
+@pytest.mark.postgres
+def test_service_cut_off_from_postgresql_alerts_directly_and_threads_the_recovery(
+    pg_url: str, tmp_path: Path, fake_slack: FakeSlack
+) -> None:
+    setup = Store(pg_url)
+    setup.upgrade()
+    setup.dispose()
+    proxy = TcpProxy()
+    config = service_settings(
+        fake_slack, tmp_path, proxy.url_for(pg_url), db_alert_after=timedelta(seconds=1)
+    )
+    service = Service(config)
+    try:
+        service.start()
+        proxy.cut()
+        assert fake_slack.wait_for(1, timeout=20)
+        assert header(fake_slack.messages[0]) == ":red_circle: Database problem"
+        assert "node-a cannot reach the database" in fake_slack.messages[0]["body"]["text"]
+        proxy.restore()
+        assert fake_slack.wait_for(2, timeout=20)
+    finally:
+        service.shutdown()
+        proxy.close()
+    store = Store(pg_url)
+    try:
+        [incident] = store.alerts.incidents()
+    finally:
+        store.dispose()
+    assert (incident.subject, incident.kind, incident.closed_at is not None) == ("node-a", "database", True)
+    recovery = fake_slack.messages[1]
+    assert header(recovery) == ":large_green_circle: Recovered: Database problem"
+    assert recovery["body"]["thread_ts"] == incident.slack_ts is not None
+    assert len(fake_slack.messages) == 2  # and no "no live instance" while heartbeats were renewed

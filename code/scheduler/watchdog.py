@@ -290,9 +290,18 @@ class Watchdog:
     def step(self, now: datetime) -> str:
         """One turn of the per-instance loop: the scheduler checks, then the outbox."""
         done = [self.check_database(now)]
-        if self.health.database_up:
+        if not self.health.database_up:
+            return done[0]
+        recovered = self.health.recovered_at
+        if (
+            recovered is not None
+            and self.clock.monotonic() - recovered < self.settings.lease_ttl.total_seconds()
+        ):
+            # Heartbeats (ours too) lapsed during the outage and are being renewed: not "no instance".
+            done.append("heartbeats settling after a database outage")
+        else:
             done.append(self.check_instances(now))
-            done.append(self.sender.drain())
+        done.append(self.sender.drain())
         return "; ".join(done)
 
     def run(self, stop: threading.Event) -> None:
