@@ -11,7 +11,7 @@ from datetime import timedelta
 import pytest
 from scheduler.clock import FakeClock
 from scheduler.notify import Alert, build_payload, make_notifier
-from scheduler.outbox import BASE_BACKOFF, CLAIM_HOLD, OutboxSender, backoff
+from scheduler.outbox import BASE_BACKOFF, CLAIM_HOLD, GIVE_UP_AFTER, OutboxSender, backoff
 from scheduler.store import Store
 from scheduler.store.alerts import IncidentRow
 
@@ -227,3 +227,19 @@ def test_two_concurrent_senders_on_postgresql_send_each_notice_once(
     finally:
         for s in stores:
             s.dispose()
+
+
+def test_notice_undelivered_for_a_day_is_given_up(
+    store: Store, fake_slack: FakeSlack, clock: FakeClock
+) -> None:
+    queue_open(store, clock)
+    sender = token_sender(store, fake_slack, clock)
+    fake_slack.fail_next(1, status=500)
+    assert sender.drain() == "1 retry"
+    clock.advance(GIVE_UP_AFTER)
+    fake_slack.fail_next(1, status=502)
+    assert sender.drain() == "1 failed"
+    [row] = store.alerts.notices()
+    assert row.status == "failed"
+    assert (row.last_error or "").startswith("gave up after 2 attempts: ")
+    assert sender.drain() == "no notices due"
