@@ -416,7 +416,10 @@ def run(args: list[str], url: str, script: bool) -> subprocess.CompletedProcess[
 def test_the_console_script_and_control_py_give_the_same_answers(sqlite_url: str) -> None:
     store = Store(sqlite_url)
     store.upgrade()
-    store.jobs.sync([spec("etl.load", interval=timedelta(minutes=10))], datetime.now(UTC))
+    # defined an hour ahead, so its first slot cannot fall due between the two commands
+    store.jobs.sync(
+        [spec("etl.load", interval=timedelta(minutes=10))], datetime.now(UTC) + timedelta(hours=1)
+    )
     store.dispose()
     by_script = run(["jobs", "--json"], sqlite_url, script=True)
     by_path = run(["jobs", "--json"], sqlite_url, script=False)
