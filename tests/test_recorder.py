@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import threading
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
@@ -240,3 +241,22 @@ def test_close_gives_up_at_its_deadline_on_the_injected_clock(sqlite_store: Stor
     finally:
         down.dispose()
     assert len((tmp_path / "spool.jsonl").read_text().splitlines()) == 1
+
+
+def test_a_write_hanging_past_the_deadline_is_spooled_not_lost(tmp_path: Path) -> None:
+    """A network black hole: the database host accepts TCP but never answers."""
+    black_hole = socket.create_server(("127.0.0.1", 0))  # listens, never accepts or replies
+    port = black_hole.getsockname()[1]
+    silent = Store(f"postgresql://postgres@127.0.0.1:{port}/jobs")
+    spool = tmp_path / "spool.jsonl"
+    recorder = Recorder(SystemClock(), silent.runs.finish, spool)
+    try:
+        recorder.start()
+        recorder.record(outcome(1, 1))
+        wait_until(lambda: recorder.pending == 0)  # the thread holds it, waiting on the database
+        recorder.close(SystemClock().monotonic() + 0.2)
+    finally:
+        silent.dispose()
+        black_hole.close()
+    lines = spool.read_text().splitlines() if spool.exists() else []
+    assert [json.loads(line)["run_id"] for line in lines] == [1]

@@ -26,6 +26,9 @@ log = logging.getLogger(__name__)
 BATCH = 500
 MIN_BACKOFF = 0.2
 MAX_BACKOFF = 10.0
+# How long close() waits, past its deadline, for a write in flight: the database's own
+# timeouts (connect 3 s, statement 15 s) end it, and its batch must not be dropped.
+IN_FLIGHT_WAIT = 30.0
 
 
 class Recorder:
@@ -112,7 +115,7 @@ class Recorder:
                 log.warning("cannot write run records, keeping %d in memory and retrying", self.pending)
             failing = True
             with self._cond:
-                self._cond.wait(backoff)
+                self._cond.wait_for(lambda: self._closing, backoff)
             backoff = min(MAX_BACKOFF, backoff * 2)
 
     def close(self, deadline: float) -> None:
@@ -122,6 +125,9 @@ class Recorder:
             self._cond.notify_all()
         if self._thread is not None:
             self._thread.join(timeout=max(0.0, deadline - self.clock.monotonic()))
+            if self._thread.is_alive():
+                # A batch is in flight, out of the queue: wait for it to land or come back.
+                self._thread.join(timeout=IN_FLIGHT_WAIT)
         while self.pending and self.clock.monotonic() < deadline:
             if not self.flush_once():
                 # Wait on the injected clock, whose monotonic time is what the deadline is on.
