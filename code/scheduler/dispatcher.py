@@ -11,6 +11,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
+import random
 import threading
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -32,6 +33,10 @@ CLOCK_STEP = timedelta(seconds=2)
 MAX_WAIT = 1.0
 MIN_BACKOFF = 0.25
 MAX_BACKOFF = 5.0
+# An instance whose pool is full leaves due slots to its peers, retrying every DEFER_STEP;
+# after DEFER_LIMIT it claims them anyway and the pool queues them.
+DEFER_STEP = timedelta(seconds=0.1)
+DEFER_LIMIT = timedelta(seconds=0.5)
 
 
 @dataclass
@@ -54,6 +59,7 @@ class Dispatcher:
         catchup_limit: int,
         poll_interval: float,
         health: Health,
+        capacity: int | None = None,
     ) -> None:
         self.store = store
         self.clock = clock
@@ -63,6 +69,7 @@ class Dispatcher:
         self.catchup_limit = catchup_limit
         self.poll_interval = poll_interval
         self.health = health
+        self.capacity = capacity  # runs the pool can start at once; None: claim every due slot
         self._poll_now = False
         self.states: dict[str, JobState] = {}
         self._heap: list[tuple[datetime, int, str]] = []
@@ -71,6 +78,8 @@ class Dispatcher:
         self.wake = threading.Event()
         self._last_poll: datetime | None = None
         self._backoff = MIN_BACKOFF
+        # Catch-up decisions are logged once their claim is written, not at every retry of an outage.
+        self._catchup_notes: list[tuple[str, int, bool, datetime, str]] = []
 
     # -- state ------------------------------------------------------------
 
@@ -149,7 +158,9 @@ class Dispatcher:
                 state = self.states.get(name)
                 if state is not None and state.next_at == at:
                     due.append(state)
+            due, deferred = self._within_capacity(due, now)
             claims, decided = self._decide(due, now)
+            notes, self._catchup_notes = self._catchup_notes, []
         won: list[Claimed] = []
         failed = False
         if claims:
@@ -163,6 +174,7 @@ class Dispatcher:
             else:
                 self.health.database(True, "")
                 self._backoff = MIN_BACKOFF
+                self._log_catchup(notes)
         with self._lock:
             for state in due:
                 if failed:
@@ -172,8 +184,32 @@ class Dispatcher:
                     state.cursor = decided.get(state.spec.name, max(state.cursor, now))
                     state.next_at = state.schedule.next_after(state.cursor)
                 heapq.heappush(self._heap, (state.next_at, next(self._seq), state.spec.name))
+            for state in deferred:
+                state.next_at = now + DEFER_STEP  # the cursor stays: the slot is still undecided
+                heapq.heappush(self._heap, (state.next_at, next(self._seq), state.spec.name))
         self._start(won)
         return won
+
+    def _within_capacity(self, due: list[JobState], now: datetime) -> tuple[list[JobState], list[JobState]]:
+        """Split due jobs into those to claim now and those left to less busy peers for a moment.
+
+        Without this the first instance to claim wins every slot due at one instant and
+        queues them on its pool while its peers idle; skip-if-running then skips the next
+        slots of jobs that are only waiting for a thread. A random pick spreads the claims.
+        """
+        if self.capacity is None or not due:
+            return due, []
+        free = max(0, self.capacity - len(self.runner.active()))
+        active = [s for s in due if not s.row.paused]
+        if len(active) <= free:
+            return due, []
+        random.shuffle(active)
+        take = [s for s in due if s.row.paused] + active[:free]
+        deferred: list[JobState] = []
+        for state in active[free:]:
+            slot = state.schedule.next_after(state.cursor)
+            (take if now - slot >= DEFER_LIMIT else deferred).append(state)
+        return take, deferred
 
     def _decide(self, due: list[JobState], now: datetime) -> tuple[list[Claim], dict[str, datetime]]:
         claims: list[Claim] = []
@@ -194,15 +230,7 @@ class Dispatcher:
         on_time = now - latest <= MISFIRE_GRACE
         if len(slots) == 1 and on_time:
             return [Claim(spec.name, latest, "schedule", "running", if_busy)]
-        log.info(
-            "job %s: %d%s slots missed up to %s, catch-up policy %r",
-            spec.name,
-            len(slots) - (1 if on_time else 0),
-            "+" if cut else "",
-            latest.isoformat(),
-            spec.catchup,
-            extra={"job": spec.name, "action": "catchup"},
-        )
+        self._catchup_notes.append((spec.name, len(slots) - (1 if on_time else 0), cut, latest, spec.catchup))
         if spec.catchup == "all":
             first, rest = slots[0], slots[1:]
             return [Claim(spec.name, first, "catchup", "running", "queued")] + [
@@ -213,6 +241,18 @@ class Dispatcher:
             trigger = "schedule" if on_time else "catchup"
             return missed + [Claim(spec.name, latest, trigger, "running", if_busy)]
         return missed + [Claim(spec.name, latest, "catchup", "missed")]
+
+    def _log_catchup(self, notes: list[tuple[str, int, bool, datetime, str]]) -> None:
+        for name, missed, cut, latest, policy in notes:
+            log.info(
+                "job %s: %d%s slots missed up to %s, catch-up policy %r",
+                name,
+                missed,
+                "+" if cut else "",
+                latest.isoformat(),
+                policy,
+                extra={"job": name, "action": "catchup"},
+            )
 
     def take_queued(self, now: datetime) -> list[Claimed]:
         """Start queued runs (manual triggers, queued overlaps, catch-up, retries) of known jobs."""

@@ -63,6 +63,7 @@ class Service:
             settings.catchup_limit,
             min(1.0, settings.heartbeat.total_seconds()),
             self.health,
+            settings.pool_size,
         )
         self.coordinator = Coordinator(
             self.store, self.clock, settings, self.owner, self.health, self._answering_for
