@@ -299,6 +299,9 @@ def test_an_unreachable_database_gives_503_not_500(clock: FakeClock) -> None:
         assert body["error"].startswith("database unavailable")
         code, _, _ = call(app, "POST", "/api/jobs/x/trigger", token=TOKEN)
         assert code == 503
+        code, headers, page = call(app, "GET", "/")
+        assert code == 503 and headers["Content-Type"].startswith("text/html")
+        assert b"database unavailable" in page and b'id="live"' in page
     finally:
         store.dispose()
 

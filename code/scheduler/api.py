@@ -344,18 +344,21 @@ class Api:
     def page(self, request: Request) -> Response:
         now = self.now()
         try:
-            alerts: list[dict[str, Any]] | str = views.list_alerts(self.store, True, 20)
-        except views.RefusedError as exc:
-            alerts = str(exc)
-        html = dashboard.render_page(
-            jobs=views.list_jobs(self.store, now),
-            runs=views.list_runs(self.store, limit=25),
-            instances=views.list_instances(self.store, now, limit=10),
-            alerts=alerts,
-            health=self.health.report(),
-            now=now,
-            writable=bool(self._token),
-        )
+            try:
+                alerts: list[dict[str, Any]] | str = views.list_alerts(self.store, True, 20)
+            except views.RefusedError as exc:
+                alerts = str(exc)
+            html = dashboard.render_page(
+                jobs=views.list_jobs(self.store, now),
+                runs=views.list_runs(self.store, limit=25),
+                instances=views.list_instances(self.store, now, limit=10),
+                alerts=alerts,
+                health=self.health.report(),
+                now=now,
+                writable=bool(self._token),
+            )
+        except StoreUnavailable as exc:
+            return _html(dashboard.render_unavailable(str(exc), now), 503)
         return _html(html)
 
     def run_page(self, request: Request) -> Response:
@@ -368,10 +371,9 @@ class Api:
         return Response(200, (WEB / name).read_bytes(), STATIC[name], [("Cache-Control", "no-cache")])
 
 
-def _html(text: str) -> Response:
-    return Response(
-        200, text.encode(), "text/html; charset=utf-8", [("Content-Security-Policy", PAGE_POLICY)]
-    )
+def _html(text: str, status: int = 200) -> Response:
+    policy = [("Content-Security-Policy", PAGE_POLICY)]
+    return Response(status, text.encode(), "text/html; charset=utf-8", policy)
 
 
 def _run_id(request: Request) -> int:

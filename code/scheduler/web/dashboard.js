@@ -27,7 +27,8 @@
     var live = document.getElementById("live");
     if (!live) { return Promise.resolve(); }
     return fetch(location.pathname + location.search, { headers: { Accept: "text/html" } })
-      .then(function (r) { return r.ok ? r.text() : Promise.reject(new Error(r.status)); })
+      // 503: the database is away; the page says so until it is back
+      .then(function (r) { return r.ok || r.status === 503 ? r.text() : Promise.reject(new Error(r.status)); })
       .then(function (html) {
         var fresh = new DOMParser().parseFromString(html, "text/html").getElementById("live");
         if (fresh) { live.replaceWith(fresh); }

@@ -53,6 +53,15 @@ def render_page(
     return _layout("Dashboard", _token_bar(writable) + f'<div id="live">{live}</div>')
 
 
+def render_unavailable(reason: str, now: datetime) -> str:
+    """The page while the database does not answer; the script keeps retrying."""
+    live = (
+        f'<p class="summary"><span class="badge bad">{escape(reason)}</span> '
+        f"updated {_utc(now.isoformat())}; retrying</p>"
+    )
+    return _layout("Dashboard", f'<div id="live">{live}</div>')
+
+
 def render_run(run: dict[str, Any], now: datetime) -> str:
     rows = [
         ("Job", escape(run["job"])),
