@@ -17,6 +17,7 @@ import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
@@ -116,21 +117,6 @@ def error(status: int, message: str) -> Response:
     return reply({"error": message}, status)
 
 
-REASONS = {
-    200: "OK",
-    202: "Accepted",
-    400: "Bad Request",
-    401: "Unauthorized",
-    403: "Forbidden",
-    404: "Not Found",
-    405: "Method Not Allowed",
-    409: "Conflict",
-    413: "Content Too Large",
-    500: "Internal Server Error",
-    503: "Service Unavailable",
-}
-
-
 class Api:
     """The WSGI app over a Store and a Health; `clock` supplies `now` for every decision."""
 
@@ -190,7 +176,7 @@ class Api:
             response = error(500, "internal error; see the daemon's log")
         headers = [("Content-Type", response.content_type), ("Content-Length", str(len(response.body)))]
         headers += SECURITY_HEADERS + response.headers
-        start_response(f"{response.status} {REASONS.get(response.status, 'Error')}", headers)
+        start_response(f"{response.status} {HTTPStatus(response.status).phrase}", headers)
         return [b"" if environ.get("REQUEST_METHOD") == "HEAD" else response.body]
 
     def handle(self, environ: dict[str, Any]) -> Response:
