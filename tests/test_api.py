@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import socket
+import subprocess
+import sys
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -443,3 +447,27 @@ def test_every_answer_matches_the_openapi_document(app: Api, world: Store, clock
     check("GET", "/api/alerts", "/api/alerts", query="all=true")
     check("GET", "/api/audit", "/api/audit")
     assert {status for _, _, status in checked} == {200, 202, 400, 404, 409}
+
+
+def test_a_daemon_whose_http_port_is_taken_exits_2_before_touching_the_database(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SCHEDULER_")}
+        env.update(
+            SCHEDULER_DATABASE_URL=f"sqlite:///{tmp_path / 'db.sqlite'}",
+            SCHEDULER_PIDFILE=str(tmp_path / "pid"),
+            SCHEDULER_LOG_DIR=str(tmp_path / "logs"),
+            SCHEDULER_HTTP_ENABLED="true",
+            SCHEDULER_HTTP_PORT=str(port),
+        )
+        control_py = Path(__file__).resolve().parents[1] / "code" / "scheduler" / "control.py"
+        done = subprocess.run(
+            [sys.executable, str(control_py), "run"], env=env, capture_output=True, text=True, timeout=60
+        )
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"config: SCHEDULER_HTTP_PORT: cannot listen on 127.0.0.1:{port}: Address already in use"
+    )
+    assert not (tmp_path / "db.sqlite").exists()
