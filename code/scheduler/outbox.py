@@ -19,7 +19,6 @@ import logging
 from datetime import datetime, timedelta
 
 from scheduler.clock import Clock
-from scheduler.errors import SchedulerError
 from scheduler.notify import Notifier, TransportError
 from scheduler.store import Store
 from scheduler.store.alerts import ClaimedNotice
@@ -122,11 +121,3 @@ class OutboxSender:
         if not held:
             # Our claim lapsed and another sender took the notice over: it may be sent twice.
             log.warning("notice %s: claim lapsed before its result was written", notice_id)
-
-
-def drain_safely(sender: OutboxSender) -> str:
-    """drain(), with a database error turned into a sentence (the loop carries on)."""
-    try:
-        return sender.drain()
-    except SchedulerError as exc:
-        return f"outbox not drained: {exc}"

@@ -358,13 +358,6 @@ class AlertRepository:
         with self.db.read() as conn:
             return [OutboxRow.from_row(r) for r in conn.execute(query)]
 
-    def next_due(self) -> datetime | None:
-        """When the earliest pending notice falls due."""
-        with self.db.read() as conn:
-            query = sa.select(sa.func.min(outbox.c.next_attempt_at)).where(outbox.c.status == "pending")
-            value: datetime | None = conn.execute(query).scalar()
-            return value
-
     # -- run facts ------------------------------------------------------------
 
     def activity(self, names: Iterable[str], depth: int) -> Activity:
