@@ -397,6 +397,22 @@ def test_schedule_override_is_applied_on_poll(harness: Harness) -> None:
     assert harness.dispatcher.next_due() == at(120)
 
 
+def test_shortening_an_interval_does_not_catch_up_slots_before_the_change(harness: Harness) -> None:
+    calls = Calls()
+    harness.load(interval_job("shorten.job", 3600, calls.add))
+    harness.advance_and_tick(timedelta(seconds=1))
+    harness.clock.advance(timedelta(minutes=31))  # 12:31:00, long after the last slot
+
+    harness.store.jobs.set_schedule("shorten.job", "ops", harness.clock.now(), interval=timedelta(minutes=5))
+    harness.dispatcher.poll(harness.clock.now())
+    assert harness.tick() == []  # 12:05 ... 12:30 on the new grid were never due
+    assert harness.dispatcher.next_due() == at(35 * 60)
+    harness.advance_and_tick(timedelta(minutes=4))
+
+    assert statuses(harness.runs("shorten.job")) == [(ANCHOR, "succeeded"), (at(35 * 60), "succeeded")]
+    assert calls.slots == [ANCHOR, at(35 * 60)]
+
+
 def test_a_manual_trigger_runs_once_on_poll(harness: Harness) -> None:
     calls = Calls()
     harness.load(interval_job("trigger.job", 3600, calls.add))

@@ -112,9 +112,15 @@ class Dispatcher:
                 state = self.states.get(row.name)
                 if state is None or row == state.row:
                     continue
-                if state.row.paused and not row.paused:
-                    state.cursor = max(state.cursor, now)  # resume: no catch-up for the pause
-                if row.paused != state.row.paused or row.schedule() != state.schedule:
+                resumed = state.row.paused and not row.paused
+                rescheduled = row.schedule() != state.schedule
+                if resumed or rescheduled:
+                    # No catch-up for slots before the change (paused, or on the old
+                    # schedule). The change time comes from the row, so every instance
+                    # agrees on it, whenever it polls.
+                    changed_at = min(row.changed_at or row.updated_at, now)
+                    state.cursor = max(state.cursor, changed_at)
+                if row.paused != state.row.paused or rescheduled:
                     log.info(
                         "job %s: %s, schedule %s",
                         row.name,
