@@ -308,8 +308,9 @@ def long(ctx):
 )
 # Slots missed because the whole cluster ran late (a loaded CI host), not because of a kill:
 # recorded as 'missed' (claimed after the next slot was due) or 'skipped' (the job's previous
-# run overran). Tolerated up to this share of all slots, and reported.
-LATE_SHARE = 0.01
+# run overran). Tolerated up to this share of all slots, and reported; a scheduler that
+# ran the cluster late itself (one instance queueing every slot) missed a quarter of them.
+LATE_SHARE = 0.05
 
 
 def test_each_slot_runs_once_while_instances_are_killed_and_restarted(cluster: Cluster) -> None:
@@ -317,6 +318,7 @@ def test_each_slot_runs_once_while_instances_are_killed_and_restarted(cluster: C
     nodes = [cluster.node(f"node{i}", jobs) for i in (1, 2, 3)]
     for node in nodes:
         cluster.wait_ready(node)
+    warm_up(cluster, nodes)
     begin = now()
     end = begin + timedelta(seconds=CHAOS_SECONDS)
     kills: list[dict[str, Any]] = []
@@ -337,22 +339,42 @@ def test_each_slot_runs_once_while_instances_are_killed_and_restarted(cluster: C
     status = {(j, s): st for j, s, st in cluster.rows("SELECT job, scheduled_for, status FROM runs")}
     late = [m for m in outside if status.get(m) in ("missed", "skipped")]
     lost = [(m, status.get(m)) for m in outside if m not in late]
+    detections = [round(k["detected"], 2) for k in kills]
     failovers = [round(k["failover"], 2) for k in kills]
     print(
         f"\nchaos: {CHAOS_SECONDS:.0f}s, 3 instances, 50 jobs @1s, {len(kills)} SIGKILLs; "
         f"{len(expected)} slots; duplicates={len(duplicates)}; missed={len(missed)}: "
         f"{len(missed) - len(outside)} in a failover window, {len(late)} late under load, {len(lost)} lost; "
-        f"failover (SIGKILL to the long run taken over) seconds={failovers}; "
+        f"SIGKILL to instance dead and its runs reaped, seconds={detections}; "
+        f"to its job running on a peer={failovers}; "
         f"runs reaped per kill={[len(k['blocked']) for k in kills]}; "
         f"run statuses={dict(cluster.rows('SELECT status, count(*) FROM runs GROUP BY status'))}"
     )
+    if late:
+        offsets = sorted(
+            {round(min(((m[1] - k["killed_at"]).total_seconds() for k in kills), key=abs), 1) for m in late}
+        )
+        print(f"  late slots, seconds after the nearest kill: {offsets}")
     assert kills, "the chaos phase was too short to kill anything"
     assert duplicates == []
     assert lost == [], f"slots neither run nor decided, outside the failover window: {lost[:10]}"
     assert len(late) <= LATE_SHARE * len(expected), f"too many slots missed for lateness: {late[:10]}"
-    assert max(failovers) <= FAILOVER_WINDOW + WINDOW_MARGIN
+    assert max(detections) <= FAILOVER_WINDOW + WINDOW_MARGIN
+    assert max(failovers) <= FAILOVER_WINDOW + 1.0 + WINDOW_MARGIN  # + the job's interval: its next slot
     assert cluster.unfinished_runs() == []
     assert cluster.effects_without_final_run() == []
+
+
+def warm_up(cluster: Cluster, nodes: list[Node]) -> None:
+    """Measure from when every instance has run jobs (imports, connections and pools warmed up)."""
+    for node in nodes:
+        wait_until(
+            lambda node=node: (
+                cluster.value("SELECT count(*) FROM runs WHERE host = %s AND status = 'succeeded'", node.name)
+                >= 10
+            ),
+            20,
+        )
 
 
 def kill_and_measure_failover(cluster: Cluster, nodes: list[Node], index: int) -> dict[str, Any]:
@@ -368,22 +390,34 @@ def kill_and_measure_failover(cluster: Cluster, nodes: list[Node], index: int) -
         for (job,) in cluster.rows("SELECT job FROM runs WHERE owner = %s AND status = 'running'", instance)
     }
 
-    def taken_over() -> bool:
+    def reaped() -> bool:
         dead = cluster.value("SELECT status FROM instances WHERE id = %s", instance) == "dead"
         left = cluster.value("SELECT count(*) FROM runs WHERE owner = %s AND status = 'running'", instance)
-        rerun = "chaos.long" not in blocked or cluster.value(
-            "SELECT count(*) FROM runs WHERE job = 'chaos.long' AND host <> %s AND claimed_at > %s "
-            "AND status IN ('running', 'succeeded')",
-            victim.name,
-            killed_at,
-        )
-        return bool(dead and left == 0 and rerun)
+        return bool(dead and left == 0)
 
-    wait_until(taken_over, timeout=LEASE_TTL * 4 + 5, interval=0.02)
+    def rerun() -> bool:
+        return "chaos.long" not in blocked or bool(
+            cluster.value(
+                "SELECT count(*) FROM runs WHERE job = 'chaos.long' AND host <> %s AND claimed_at > %s "
+                "AND status IN ('running', 'succeeded')",
+                victim.name,
+                killed_at,
+            )
+        )
+
+    wait_until(reaped, timeout=LEASE_TTL * 4 + 5, interval=0.02)
+    detected = (now() - killed_at).total_seconds()
+    wait_until(rerun, timeout=10, interval=0.02)
     failover = (now() - killed_at).total_seconds()
     victim.start()
     cluster.wait_ready(victim)
-    return {"node": victim.name, "killed_at": killed_at, "failover": failover, "blocked": blocked}
+    return {
+        "node": victim.name,
+        "killed_at": killed_at,
+        "detected": detected,
+        "failover": failover,
+        "blocked": blocked,
+    }
 
 
 def excused(missed: tuple[str, datetime], kill: dict[str, Any]) -> bool:
@@ -611,6 +645,43 @@ def test_rolling_restart_hands_over_the_lead_at_once_and_loses_no_slot(cluster: 
     assert cluster.duplicates() == []
     assert cluster.unfinished_runs() == []
     assert_one_leader_per_term(list(nodes.values()))
+
+
+DRAIN_MODULE = (
+    JOB_PRELUDE
+    + """
+
+@job(interval=timedelta(hours=1), name="drain.long")
+def long(ctx):
+    effect(ctx, "begin")
+    time.sleep(4)
+    effect(ctx, "end")
+"""
+)
+
+
+def test_stopping_leader_hands_over_at_once_and_finishes_its_run_past_the_ttl(cluster: Cluster) -> None:
+    """SIGTERM: the lead moves at once, while the run still finishing keeps its lease beyond the TTL."""
+    jobs = cluster.jobs_dir("drain", {"drain.py": DRAIN_MODULE})
+    first = cluster.node("first", jobs)
+    cluster.wait_ready(first)
+    run_id = wait_until(lambda: cluster.value("SELECT id FROM runs WHERE status = 'running'"), 15)
+    second = cluster.node("second", jobs)
+    cluster.wait_ready(second)
+    assert cluster.leader() == "first"
+    first.send(signal.SIGTERM)
+    stopped_at = now()
+    wait_until(lambda: cluster.leader() == "second", 5, interval=0.02)
+    handover = (now() - stopped_at).total_seconds()
+    assert first.wait_exit(20) == 0
+    finished = cluster.rows("SELECT status, host, finished_at FROM runs WHERE id = %s", run_id)[0]
+    print(f"\ndrain: lead handed over {handover:.2f}s after SIGTERM; the running run ended {finished[0]}")
+    assert handover < LEASE_TTL - HEARTBEAT
+    assert finished[:2] == ("succeeded", "first")
+    assert (finished[2] - stopped_at).total_seconds() > LEASE_TTL, "the run ended too early to prove anything"
+    assert not log_lines(second, f"run {run_id} of drain.long abandoned")
+    assert cluster.value("SELECT status FROM instances WHERE host = 'first'") == "stopped"
+    cluster.stop_all()
 
 
 def assert_one_leader_per_term(nodes: list[Node]) -> None:
