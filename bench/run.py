@@ -35,11 +35,11 @@ FULL: dict[str, Any] = {
 }
 
 QUICK: dict[str, Any] = {
-    "lateness": {"sizes": [[20, 1.0]], "duration": 2.0, "warmup": 0.5},
-    "drift": {"duration": 3.0},
-    "idle": {"jobs": 300, "interval": 8.0, "quiet": 1.5},
-    "throughput": {"jobs": 200, "interval": 1.0, "warmup": 1.0, "duration": 2.0, "floor_s": 0.3},
-    "once": {"jobs": 50, "interval": 1.0, "warmup": 1.0, "duration": 3.0, "peer_duration": 3.0},
+    "lateness": {"sizes": [[20, 1.0]], "duration": 1.5, "warmup": 0.5},
+    "drift": {"duration": 4.5},
+    "idle": {"jobs": 200, "interval": 8.0, "quiet": 1.0},
+    "throughput": {"jobs": 200, "interval": 1.0, "warmup": 0.5, "duration": 1.0, "floor_s": 0.2},
+    "once": {"jobs": 50, "interval": 1.0, "warmup": 0.5, "duration": 2.0, "peer_duration": 2.0},
     "failover": {"trials": 1, "interval": 0.25, "heartbeat": 0.5, "lease_ttl": 1.5},
     "startup": {"jobs": 100, "cron_seconds": 0.05},
 }

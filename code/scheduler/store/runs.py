@@ -232,7 +232,7 @@ class RunRepository:
         Each comes back 'running', or 'skipped' when the job is busy.
         """
         known = sorted(set(names))
-        if not known:
+        if not known or not self._any_queued():
             return []
         with self.db.write() as conn:
             # Filter in SQL: queued runs of jobs unknown here must not fill the batch and starve ours.
@@ -273,6 +273,16 @@ class RunRepository:
                 if row is not None:
                     taken.append(Claimed(row.id, row.job, row.scheduled_for, status, fence, row.trigger))
             return taken
+
+    def _any_queued(self) -> bool:
+        """Most polls find nothing queued: a read answers that without taking the write lock.
+
+        A run queued just after this read is taken at the next poll, as one queued
+        just after the write transaction would be.
+        """
+        with self.db.read() as conn:
+            query = sa.select(runs.c.id).where(runs.c.status == "queued").limit(1)
+            return conn.execute(query).first() is not None
 
     def finish(self, outcomes: Sequence[Outcome]) -> list[int]:
         """Record run ends in one transaction; return the ids whose lease was lost."""
