@@ -37,7 +37,6 @@ from scheduler import job
 
 @job(interval=timedelta(seconds=INTERVAL), catchup="all")
 def block(ctx):
-    Path(STARTED).touch()
     deadline = time.monotonic() + LIMIT
     while not Path(RELEASE).exists() and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -81,7 +80,7 @@ def any_sandbox(tmp_path: Path, db_url: str) -> Iterator[Sandbox]:
 
 
 def blocking_job(box: Sandbox, interval: float = 60, limit: float = 30) -> dict[str, Path]:
-    marks = {name: box.root / name for name in ("started", "release", "finished")}
+    marks = {name: box.root / name for name in ("release", "finished")}
     paths = {name: str(path) for name, path in marks.items()}
     box.write_job("block", source(BLOCK, interval=interval, limit=limit, **paths))
     return marks
@@ -113,12 +112,14 @@ def test_start_daemonizes_records_runs_and_stop_removes_the_pidfile(sandbox: San
     match = re.fullmatch(r"started \(pid (\d+), log (.+)\)\n", started.stdout)
     assert match, started.stdout
     pid = int(match.group(1))
+    assert match.group(2) == str(sandbox.info_log)
     assert sandbox.pidfile_pid() == pid
     assert not process_gone(pid)
     # Detached: not our child, and in a session of its own (no controlling terminal of ours).
     assert parent_pid(pid) != os.getpid()
     assert os.getsid(pid) != os.getsid(0)
     wait_until(lambda: len(succeeded(sandbox, "tick.tick")) >= 2, 15)
+    assert {r.pid for r in sandbox.runs("tick.tick")} == {pid}
 
     status = sandbox.control("status")
     assert (status.returncode, status.stdout) == (0, f"running (pid {pid})\n")
@@ -207,12 +208,43 @@ def test_pidfile_that_is_a_symlink_is_refused(sandbox: Sandbox) -> None:
     sandbox.pidfile.parent.mkdir(parents=True)
     sandbox.pidfile.symlink_to(target)
 
-    for command in ("start", "run", "status", "stop"):
+    for command in ("start", "stop"):  # `run` and `status` share these checks
         result = sandbox.control(command, timeout=15)
         assert result.returncode == 2, (command, result.stdout, result.stderr)
         assert result.stdout == ""
         assert result.stderr == f"config: pidfile {sandbox.pidfile}: is a symlink; refusing to use it\n"
     assert target.read_text() == "precious\n"
+
+
+def test_restart_replaces_the_daemon_and_runs_continue(sandbox: Sandbox) -> None:
+    sandbox.write_job("tick", source(TICK, out=str(sandbox.root / "ticks")))
+    assert sandbox.control("start").returncode == 0
+    old = sandbox.pidfile_pid()
+    assert old is not None
+    wait_until(lambda: succeeded(sandbox, "tick.tick"), 15)
+
+    restarted = sandbox.control("restart")
+
+    assert restarted.returncode == 0, restarted.stderr
+    new = sandbox.pidfile_pid()
+    assert new is not None and new != old
+    assert restarted.stdout.startswith(f"stopped (pid {old})\nstarted (pid {new}, ")
+    assert process_gone(old) and not process_gone(new)
+    wait_until(lambda: any(r.pid == new for r in sandbox.runs("tick.tick") if r.status == "succeeded"), 15)
+    assert sandbox.control("stop").returncode == 0
+
+
+def test_start_failure_is_one_line_without_the_password_and_leaves_no_pidfile(sandbox: Sandbox) -> None:
+    sandbox.write_job("tick", source(TICK, out=str(sandbox.root / "ticks")))
+
+    result = sandbox.control("start", database_url="postgresql://u:secret@127.0.0.1:1/db")
+
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert result.stderr.count("\n") == 1
+    assert result.stderr.startswith("error: database unavailable: ")
+    assert "secret" not in result.stderr
+    assert not sandbox.pidfile.exists()
 
 
 def test_stop_when_not_running_exits_0(sandbox: Sandbox) -> None:
@@ -255,8 +287,8 @@ def test_sigkill_mid_run_is_abandoned_and_caught_up_after_restart(any_sandbox: S
     assert second.wait_exit(15) == 0
 
 
-def test_sigterm_waits_for_the_running_job(any_sandbox: Sandbox) -> None:
-    box = any_sandbox
+def test_sigterm_waits_for_the_running_job(sandbox: Sandbox) -> None:
+    box = sandbox
     finished = box.root / "finished"
     box.write_job("slow", source(SLOW, finished=str(finished)))
     daemon = box.daemon()
