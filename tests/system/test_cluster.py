@@ -10,12 +10,16 @@ own side effects would. `pytest -s` prints the measured figures.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -51,6 +55,8 @@ CREATE TABLE effects (
 JOB_PRELUDE = """
 import os
 import threading
+import urllib.error
+import urllib.request
 import time
 from datetime import timedelta
 
@@ -184,7 +190,7 @@ class Cluster:
             (folder / file).write_text(text)
         return folder
 
-    def node(self, name: str, jobs: Path, db_url: str | None = None) -> Node:
+    def node(self, name: str, jobs: Path, db_url: str | None = None, **extra: str) -> Node:
         folder = self.tmp / name
         env = {k: v for k, v in os.environ.items() if not k.startswith("SCHEDULER_")}
         env.update(
@@ -202,6 +208,7 @@ class Cluster:
             EFFECTS_URL=self.pg_url,
             PYTHONUNBUFFERED="1",
         )
+        env.update(extra)
         node = Node(name, folder, env)
         self.nodes.append(node)
         return node.start()
@@ -512,9 +519,15 @@ def long(ctx):
 def test_database_outage_is_survived_without_lost_or_duplicate_runs(cluster: Cluster) -> None:
     cluster.proxy = proxy = TcpProxy()
     jobs = cluster.jobs_dir("outage", {"outage.py": OUTAGE_MODULE})
-    nodes = [cluster.node(f"node{i}", jobs, proxy.url_for(cluster.pg_url)) for i in (1, 2)]
+    port = free_port()
+    http = {"SCHEDULER_HTTP_ENABLED": "1", "SCHEDULER_HTTP_PORT": str(port)}
+    nodes = [
+        cluster.node("node1", jobs, proxy.url_for(cluster.pg_url), **http),
+        cluster.node("node2", jobs, proxy.url_for(cluster.pg_url)),
+    ]
     for node in nodes:
         cluster.wait_ready(node)
+    assert healthz(port) == (200, True)
     wait_until(
         lambda: cluster.value(
             "SELECT id FROM runs WHERE job = 'outage.long' AND status = 'running' "
@@ -525,6 +538,7 @@ def test_database_outage_is_survived_without_lost_or_duplicate_runs(cluster: Clu
     proxy.cut()
     cut_at, cut_local = now(), datetime.now()
     in_flight = [r for (r,) in cluster.rows("SELECT id FROM runs WHERE status = 'running'")]
+    wait_until(lambda: healthz(port) == (503, False), 5)  # reports unhealthy, keeps serving
     pace_until(cut_at + timedelta(seconds=OUTAGE_SECONDS))
     assert all(n.alive() for n in nodes), "a daemon died during the database outage"
     restored_at, restored_local = now(), datetime.now()
@@ -544,6 +558,7 @@ def test_database_outage_is_survived_without_lost_or_duplicate_runs(cluster: Clu
         20,
     )
     resumed = cluster.value("SELECT min(claimed_at) FROM runs WHERE claimed_at > %s", restored_at)
+    wait_until(lambda: healthz(port) == (200, True), 10)
     cluster.stop_all()
 
     ran_during = cluster.value(
@@ -578,6 +593,21 @@ def test_database_outage_is_survived_without_lost_or_duplicate_runs(cluster: Clu
         assert len(during) <= OUTAGE_SECONDS / 2, "the outage is logged line after line:\n" + "\n".join(
             during
         )
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def healthz(port: int) -> tuple[int, bool]:
+    """(HTTP status, database_up) from the instance's /healthz."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as response:
+            return response.status, bool(json.load(response)["database_up"])
+    except urllib.error.HTTPError as error:
+        return error.code, bool(json.load(error)["database_up"])
 
 
 def _logged_between(line: str, start: datetime, end: datetime) -> bool:
