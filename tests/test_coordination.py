@@ -8,6 +8,9 @@ An outage is a real unreachable database (a store pointed at a closed port).
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 
@@ -15,6 +18,7 @@ import pytest
 from scheduler.clock import FakeClock
 from scheduler.config import Settings
 from scheduler.coordination import Coordinator
+from scheduler.errors import AlreadyRunningError
 from scheduler.health import Health
 from scheduler.registry import make_spec
 from scheduler.store import Claim, Outcome, Owner, Store
@@ -250,3 +254,23 @@ def test_unknown_job_is_reported_once_and_orphans_by_the_leader(
     unknown = "job j.elsewhere is not loaded on this instance (its code is not here); left to: other"
     assert messages.count(unknown) == 1
     assert messages.count("job j.nowhere is loaded by no live instance: its slots are not run") == 1
+
+
+def test_sqlite_refuses_a_second_live_instance_but_not_a_dead_ones_row(
+    sqlite_url: str, clock: FakeClock
+) -> None:
+    store = Store(sqlite_url)
+    store.upgrade()
+    try:
+        gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True)
+        dead = Coordinator(store, clock, SETTINGS, Owner("id-dead", "host", int(gone.stdout)), Health(clock))
+        dead.register([], [], clock.now())
+        me = Coordinator(store, clock, SETTINGS, Owner("id-me", "host", os.getpid()), Health(clock))
+        me.check_single_node(clock.now())  # the crashed process's row is no obstacle
+        assert [i.status for i in store.cluster.recent() if i.id == "id-dead"] == ["dead"]
+        me.register([], [], clock.now())
+        other = Coordinator(store, clock, SETTINGS, Owner("id-other", "host", os.getpid() + 1), Health(clock))
+        with pytest.raises(AlreadyRunningError, match="SQLite is single-node"):
+            other.check_single_node(clock.now())
+    finally:
+        store.dispose()
