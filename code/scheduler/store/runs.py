@@ -161,12 +161,9 @@ class RunRepository:
                         "finished_at": now if status in FINAL else None,  # a queued run has not ended
                     }
                 )
+            stmt = _claim_insert(conn.dialect.name)
             for start in range(0, len(rows), _CHUNK):
                 chunk = rows[start : start + _CHUNK]
-                stmt = _insert(conn).on_conflict_do_nothing(index_elements=["job", "scheduled_for"])
-                stmt = stmt.returning(
-                    runs.c.id, runs.c.job, runs.c.scheduled_for, runs.c.status, runs.c.trigger
-                )
                 for r in conn.execute(stmt, chunk):
                     won.append(Claimed(r.id, r.job, r.scheduled_for, r.status, 1, r.trigger))
         return won
@@ -182,24 +179,15 @@ class RunRepository:
         for start in range(0, len(names), _CHUNK):
             chunk = names[start : start + _CHUNK]
             if conn.dialect.name == "postgresql":
-                conn.execute(
-                    sa.select(jobs.c.name)
-                    .where(jobs.c.name.in_(chunk))
-                    .order_by(jobs.c.name)
-                    .with_for_update()
-                )
-            query = sa.select(runs.c.job).where(runs.c.status == "running", runs.c.job.in_(chunk)).distinct()
-            busy.update(conn.execute(query).scalars())
+                conn.execute(_LOCK_JOBS, {"names": chunk})
+            busy.update(conn.execute(_RUNNING_OF, {"names": chunk}).scalars())
         return busy
 
     def _with_queued(self, conn: sa.Connection, names: list[str]) -> set[str]:
         found: set[str] = set()
         unique = sorted(set(names))
         for start in range(0, len(unique), _CHUNK):
-            query = sa.select(runs.c.job).where(
-                runs.c.status == "queued", runs.c.job.in_(unique[start : start + _CHUNK])
-            )
-            found.update(conn.execute(query.distinct()).scalars())
+            found.update(conn.execute(_QUEUED_OF, {"names": unique[start : start + _CHUNK]}).scalars())
         return found
 
     def enqueue(self, job: str, now: datetime) -> int:
@@ -231,8 +219,10 @@ class RunRepository:
 
         Each comes back 'running', or 'skipped' when the job is busy.
         """
+        if not self._any_queued():
+            return []
         known = sorted(set(names))
-        if not known or not self._any_queued():
+        if not known:
             return []
         with self.db.write() as conn:
             # Filter in SQL: queued runs of jobs unknown here must not fill the batch and starve ours.
@@ -281,8 +271,7 @@ class RunRepository:
         just after the write transaction would be.
         """
         with self.db.read() as conn:
-            query = sa.select(runs.c.id).where(runs.c.status == "queued").limit(1)
-            return conn.execute(query).first() is not None
+            return conn.execute(_ANY_QUEUED).first() is not None
 
     def finish(self, outcomes: Sequence[Outcome]) -> list[int]:
         """Record run ends in one transaction; return the ids whose lease was lost."""
@@ -290,20 +279,20 @@ class RunRepository:
         with self.db.write() as conn:
             for o in outcomes:
                 result = conn.execute(
-                    runs.update()
-                    .where(runs.c.id == o.run_id, runs.c.fence == o.fence, runs.c.status == "running")
-                    .values(
-                        status=o.status,
-                        started_at=o.started_at or runs.c.started_at,
-                        finished_at=o.finished_at,
-                        attempt=o.attempt,
-                        error_type=_text(o.error_type),
-                        error_message=_text(o.error_message),
-                        error_traceback=_text(o.error_traceback),
-                        log=_text(o.log),
-                        log_truncated=o.log_truncated,
-                        lease_expires_at=None,
-                    )
+                    _FINISH,
+                    {
+                        "o_id": o.run_id,
+                        "o_fence": o.fence,
+                        "o_status": o.status,
+                        "o_started_at": o.started_at,
+                        "o_finished_at": o.finished_at,
+                        "o_attempt": o.attempt,
+                        "o_error_type": _text(o.error_type),
+                        "o_error_message": _text(o.error_message),
+                        "o_error_traceback": _text(o.error_traceback),
+                        "o_log": _text(o.log),
+                        "o_log_truncated": o.log_truncated,
+                    },
                 )
                 if result.rowcount == 0:
                     lost.append(o.run_id)
@@ -446,6 +435,59 @@ def _insert(conn: sa.Connection) -> Any:
     from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
     return sqlite_insert(runs)
+
+
+# Statements run on every tick or poll are built once: building and keying one
+# costs about as much CPU as executing it.
+_NAMES: sa.BindParameter[Any] = sa.bindparam("names", expanding=True)
+_LOCK_JOBS = sa.select(jobs.c.name).where(jobs.c.name.in_(_NAMES)).order_by(jobs.c.name).with_for_update()
+_RUNNING_OF = sa.select(runs.c.job).where(runs.c.status == "running", runs.c.job.in_(_NAMES)).distinct()
+_QUEUED_OF = sa.select(runs.c.job).where(runs.c.status == "queued", runs.c.job.in_(_NAMES)).distinct()
+_ANY_QUEUED = sa.select(runs.c.id).where(runs.c.status == "queued").limit(1)
+_CLAIM_INSERTS: dict[str, Any] = {}
+
+
+def _claim_insert(dialect: str) -> Any:
+    """INSERT ... ON CONFLICT DO NOTHING RETURNING for claims, built once per dialect."""
+    if dialect not in _CLAIM_INSERTS:
+        if dialect == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+            stmt: Any = pg_insert(runs)
+        else:
+            from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+            stmt = sqlite_insert(runs)
+        stmt = stmt.on_conflict_do_nothing(index_elements=["job", "scheduled_for"])
+        returning = (runs.c.id, runs.c.job, runs.c.scheduled_for, runs.c.status, runs.c.trigger)
+        _CLAIM_INSERTS[dialect] = stmt.returning(*returning)
+    return _CLAIM_INSERTS[dialect]
+
+
+# One statement for every outcome: building it per row cost as much CPU as executing it.
+# A missing started_at (the run never began) keeps the claim's.
+_FINISH = (
+    runs.update()
+    .where(
+        runs.c.id == sa.bindparam("o_id"),
+        runs.c.fence == sa.bindparam("o_fence"),
+        runs.c.status == "running",
+    )
+    .values(
+        status=sa.bindparam("o_status"),
+        started_at=sa.func.coalesce(
+            sa.bindparam("o_started_at", type_=runs.c.started_at.type), runs.c.started_at
+        ),
+        finished_at=sa.bindparam("o_finished_at"),
+        attempt=sa.bindparam("o_attempt"),
+        error_type=sa.bindparam("o_error_type"),
+        error_message=sa.bindparam("o_error_message"),
+        error_traceback=sa.bindparam("o_error_traceback"),
+        log=sa.bindparam("o_log"),
+        log_truncated=sa.bindparam("o_log_truncated"),
+        lease_expires_at=None,
+    )
+)
 
 
 def _text(value: str | None) -> str | None:
