@@ -15,7 +15,6 @@ Invariant (checked in config): lease_ttl >= 3 x heartbeat. See docs/COORDINATION
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from collections.abc import Callable, Collection
 from datetime import datetime, timedelta
@@ -25,6 +24,7 @@ from scheduler.clock import Clock
 from scheduler.config import Settings
 from scheduler.errors import AlreadyRunningError, SchedulerError
 from scheduler.health import Health
+from scheduler.pidfile import process_alive
 from scheduler.store import InstanceRow, Owner, Store
 from scheduler.store.cluster import LEADER, LeaderFence
 
@@ -37,13 +37,8 @@ UNKNOWN_JOBS_EVERY = timedelta(seconds=30)
 
 
 def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    """True if `pid` runs on this host; a killed daemon not yet reaped (a zombie) does not."""
+    return process_alive(pid)
 
 
 class Coordinator:

@@ -166,6 +166,40 @@ def test_stop_returns_once_the_daemon_exited_even_if_its_zombie_is_not_reaped(sa
         parent.communicate(timeout=10)
 
 
+def test_start_after_sigkill_is_not_refused_while_the_old_daemon_awaits_reaping(sandbox: Sandbox) -> None:
+    """A killed daemon whose zombie is not reaped yet is dead: its SQLite claim and runs are stale."""
+    marks = blocking_job(sandbox)
+    parent = subprocess.Popen(
+        [sys.executable, "-c", NON_REAPING_PARENT, sys.executable, str(CONTROL), "start"],
+        env=sandbox.env(),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert parent.stdout is not None and parent.stdout.readline() == "0\n"
+        old = sandbox.pidfile_pid()
+        assert old is not None
+        run_id = running_run(sandbox, "block.block")
+        os.kill(old, signal.SIGKILL)
+        wait_until(lambda: process_gone(old), 10)
+        marks["release"].touch()
+
+        started = sandbox.control("start")
+
+        assert started.returncode == 0, started.stderr
+        new = sandbox.pidfile_pid()
+        assert new is not None and new != old
+        crashed = next(r for r in sandbox.runs("block.block") if r.id == run_id)
+        assert (crashed.status, crashed.error_message) == (
+            "abandoned",
+            f"process {old} on {crashed.host} died while running it",
+        )
+        assert sandbox.control("stop").returncode == 0
+    finally:
+        parent.communicate(timeout=10)
+
+
 def test_second_start_is_refused_naming_the_running_pid(sandbox: Sandbox) -> None:
     sandbox.write_job("tick", source(TICK, out=str(sandbox.root / "ticks")))
     assert sandbox.control("start").returncode == 0
