@@ -1,4 +1,4 @@
-"""Coordinator.step on a FakeClock against the real store (SQLite and PostgreSQL).
+"""Coordinator.step (and claim spreading) on a FakeClock against the real store (SQLite and PostgreSQL).
 
 Several coordinators share one database, as instances do; time moves only
 with `clock.advance`, so lease expiry, settle time and take-over are exact.
@@ -11,6 +11,7 @@ import logging
 import os
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 
@@ -18,9 +19,11 @@ import pytest
 from scheduler.clock import FakeClock
 from scheduler.config import Settings
 from scheduler.coordination import Coordinator
+from scheduler.dispatcher import DEFER_LIMIT, Dispatcher
 from scheduler.errors import AlreadyRunningError
 from scheduler.health import Health
 from scheduler.registry import make_spec
+from scheduler.runner import Runner
 from scheduler.store import Claim, Outcome, Owner, Store
 from scheduler.store.cluster import LEADER
 
@@ -273,4 +276,57 @@ def test_sqlite_refuses_a_second_live_instance_but_not_a_dead_ones_row(
         with pytest.raises(AlreadyRunningError, match="SQLite is single-node"):
             other.check_single_node(clock.now())
     finally:
+        store.dispose()
+
+
+# -- spreading claims over the cluster ----------------------------------------------------
+
+
+def _dispatcher(
+    store: Store, clock: FakeClock, name: str, capacity: int, stop: threading.Event
+) -> Dispatcher:
+    runner = Runner(
+        clock,
+        capacity,
+        64 * 1024,
+        lambda outcome: store.runs.finish([outcome]) and None,
+        lambda claimed, attempt: None,
+        lambda run: None,
+        stop,
+    )
+    owner = Owner(f"id-{name}", name, 4_100_000 + capacity)
+    return Dispatcher(store, clock, runner, owner, TTL, 100, 1.0, Health(clock), capacity)
+
+
+def test_saturated_instance_leaves_due_slots_to_a_peer(sqlite_url: str, clock: FakeClock) -> None:
+    release, stop = threading.Event(), threading.Event()
+
+    def block(ctx: object) -> None:
+        release.wait(10)
+
+    specs = {
+        s.name: s for s in (make_spec(block, name=f"j.{i}", interval=timedelta(minutes=1)) for i in range(5))
+    }
+    store = Store(sqlite_url)
+    store.upgrade()
+    busy, idle = _dispatcher(store, clock, "busy", 2, stop), _dispatcher(store, clock, "idle", 8, stop)
+    try:
+        rows = store.jobs.sync(specs.values(), clock.now())
+        for d in (busy, idle):
+            d.load(specs, rows, {})
+        slot = clock.advance(timedelta(seconds=1))  # the first slot of every job is due
+        assert len(busy.tick(clock.now())) == 2, "claimed more than its free threads"
+        assert len(store.runs.history()) == 2, "deferred slots were claimed"
+        assert len(idle.tick(clock.now())) == 3, "the peer did not get the slots left to it"
+        clock.advance(DEFER_LIMIT)
+        assert busy.tick(clock.now()) == []  # past the limit it claims, and loses to the peer
+        slot_owners = [(r.job, r.owner) for r in store.runs.history()]
+        assert len(slot_owners) == 5 and len({job for job, _ in slot_owners}) == 5
+        assert busy.next_due() == slot + timedelta(minutes=1)
+    finally:
+        release.set()
+        stop.set()
+        for d in (busy, idle):
+            d.runner.wait_idle(10)
+            d.runner.shutdown()
         store.dispose()
