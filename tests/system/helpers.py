@@ -7,10 +7,10 @@ The API, kept small on purpose:
   a pidfile and `logs/`. `env(**settings)` is the environment for control.py
   (`grace_period="1s"` becomes `SCHEDULER_GRACE_PERIOD=1s`); `write_job(name,
   source)` adds a job module; `control(*args)` runs one control.py command;
-  `daemon()` spawns `control.py run` and waits until it started; `runs()` reads the runs table;
-  `close()` kills every process the sandbox started, including a daemon
-  detached by `start` (found through the pidfile). Use it as a fixture that
-  calls `close()` in teardown.
+  `daemon()` spawns `control.py run` and waits until it started; `runs()`
+  reads the runs table; `close()` kills every process the sandbox started,
+  including a daemon detached by `start` (found through the pidfile). Use it
+  as a fixture that calls `close()` in teardown.
 - `Daemon`: a `control.py run` child process (`pid`, `signal`, `wait_exit`,
   `kill`, `output`, `wait_for_output`).
 - `run_control(args, env, timeout, cwd)`: one control.py command, as a
@@ -39,8 +39,8 @@ __all__ = ["CONTROL", "REPO", "Daemon", "Sandbox", "process_gone", "query", "run
 
 REPO = Path(__file__).resolve().parents[2]
 CONTROL = REPO / "code" / "scheduler" / "control.py"
-# Settings every sandbox gets unless a test overrides them: short enough to keep tests quick.
 READY = "scheduler.service: started instance"  # logged once the daemon runs
+# Settings every sandbox gets unless a test overrides them: short enough to keep tests quick.
 DEFAULTS = {"grace_period": "10s", "heartbeat": "1s", "lease_ttl": "5s", "log_level": "INFO"}
 
 
