@@ -130,10 +130,14 @@ class Coordinator:
                 log.warning("peers declared this instance dead (heartbeat lapsed); rejoining")
                 self.store.cluster.revive(self.owner.instance, now, expires)
             self._renew(expires)
-            if self.draining:
-                return "draining: renewing the leases of the runs still finishing"
-            term = self.store.cluster.acquire(LEADER, self.owner.instance, now, expires)
-            check_jobs = self._unknown_checked is None or now - self._unknown_checked >= UNKNOWN_JOBS_EVERY
+            term = (
+                None
+                if self.draining
+                else self.store.cluster.acquire(LEADER, self.owner.instance, now, expires)
+            )
+            check_jobs = not self.draining and (
+                self._unknown_checked is None or now - self._unknown_checked >= UNKNOWN_JOBS_EVERY
+            )
             if check_jobs:
                 self._unknown_checked = now
                 self._check_unknown_jobs(now)
@@ -146,6 +150,8 @@ class Coordinator:
         if self._was_down:
             self._was_down = False
             self._settle_until = mono + self.settings.settle_time.total_seconds()
+        if self.draining:
+            return "draining: renewing the leases of the runs still finishing"
         if term is None:
             self._lose_leadership("another instance holds the leader lease")
             return "follower: another instance leads"
