@@ -584,6 +584,13 @@ def test_database_outage_is_survived_without_lost_or_duplicate_runs(cluster: Clu
         f"proxy refused {proxy.refused} connections"
     )
     assert ran_during == 0, "a job started while its claim could not be written"
+    caught_up = cluster.value(
+        "SELECT count(DISTINCT job) FROM runs WHERE status = 'missed' "
+        "AND scheduled_for > %s AND scheduled_for < %s",
+        cut_at + timedelta(seconds=1),
+        restored_at - timedelta(seconds=1),
+    )
+    assert caught_up == 11, "catch-up ('latest') did not record the slots that passed during the outage"
     assert cluster.duplicates() == []
     assert cluster.effects_without_final_run() == []
     assert cluster.unfinished_runs() == []
