@@ -178,6 +178,26 @@ def test_exhausted_retries_store_the_last_error_and_earlier_ones_in_the_log(harn
     assert "attempt 3 failed" not in row.log
 
 
+def test_a_run_retried_after_its_owner_died_continues_the_attempt_count(harness: Harness) -> None:
+    seen: list[int] = []
+
+    def always(ctx: JobContext) -> None:
+        seen.append(ctx.attempt)
+        raise RuntimeError(f"failure number {ctx.attempt}")
+
+    spec = job("orphan.job", always, retries=2, retry_delay=timedelta(seconds=1))
+    first = harness.store.runs.claim([Claim(spec.name, NOW)], OWNER, NOW, NOW + timedelta(seconds=1))
+    harness.store.runs.reap(NOW + timedelta(minutes=1), reason="owner died")  # attempt 1 was lost
+    assert harness.store.runs.requeue([first[0].run_id]) == 1
+    (taken,) = harness.store.runs.take_queued([spec.name], OWNER, NOW, NOW + timedelta(minutes=5))
+    harness.runner.start(taken, spec)
+    assert harness.runner.wait_idle(WAIT)
+
+    row = harness.store.runs.get(taken.run_id)
+    assert seen == [2, 3]  # one attempt left of the three, after the lost one
+    assert (row.status, row.attempt, row.error_message) == ("failed", 3, "failure number 3")
+
+
 def test_no_retry_once_the_daemon_is_stopping(harness: Harness) -> None:
     def fails_then_stops(ctx: JobContext) -> None:
         harness.stop.set()

@@ -427,7 +427,9 @@ def test_reap_local_abandons_runs_of_dead_processes_on_this_host(store: Store) -
 def test_a_manual_trigger_runs_once(store: Store) -> None:
     run_id = store.runs.enqueue("manual.job", NOW)
     taken = store.runs.take_queued(["manual.job"], A, NOW, NOW + LEASE)
-    assert [(c.run_id, c.status, c.trigger, c.fence) for c in taken] == [(run_id, "running", "manual", 1)]
+    assert [(c.run_id, c.status, c.trigger, c.fence, c.attempt) for c in taken] == [
+        (run_id, "running", "manual", 1, 1)
+    ]
     assert store.runs.take_queued(["manual.job"], B, NOW, NOW + LEASE) == []
     row = store.runs.get(run_id)
     assert (row.status, row.owner, row.attempt, row.started_at) == ("running", A.instance, 1, NOW)
@@ -525,7 +527,7 @@ def test_requeue_puts_an_abandoned_run_back_and_it_runs_as_the_next_attempt(stor
     row = store.runs.get(run_id)
     assert (row.status, row.owner, row.finished_at) == ("queued", None, None)
     (taken,) = store.runs.take_queued(["retry.job"], B, NOW, NOW + LEASE)
-    assert (taken.run_id, taken.fence) == (run_id, 3)
+    assert (taken.run_id, taken.fence, taken.attempt) == (run_id, 3, 2)
     row = store.runs.get(run_id)
     assert (row.status, row.owner, row.attempt) == ("running", B.instance, 2)
 

@@ -82,7 +82,7 @@ class Runner:
             job=spec.name,
             scheduled_for=claimed.scheduled_for,
             run_id=claimed.run_id,
-            attempt=1,
+            attempt=claimed.attempt,
             log=logging.getLogger(f"scheduler.job.{spec.name}"),
         )
         mono = self.clock.monotonic()
@@ -167,7 +167,7 @@ class Runner:
             random.uniform(0, spec.jitter.total_seconds()), self._stop
         ):
             return self._outcome(run, "abandoned", 1, buffer, None, "shut down before the run began")
-        attempt = 1
+        attempt = run.claimed.attempt
         run.began_at = self.clock.now()
         while True:
             run.ctx.attempt = attempt

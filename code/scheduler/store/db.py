@@ -56,7 +56,10 @@ class Database:
                     "keepalives_interval": 2,
                     "keepalives_count": 2,
                     "application_name": "scheduler",
-                    "options": "-c statement_timeout=15000 -c lock_timeout=10000",
+                    # A process frozen mid-transaction (SIGSTOP) must not hold row locks that
+                    # stall its peers' claims: the server ends such a session after 5 s.
+                    "options": "-c statement_timeout=15000 -c lock_timeout=10000"
+                    " -c idle_in_transaction_session_timeout=5000",
                 },
             )
         path = self.url.removeprefix("sqlite:///")

@@ -53,6 +53,7 @@ class Claimed:
     status: str
     fence: int
     trigger: str
+    attempt: int = 1  # above 1 when a run whose owner died is retried elsewhere
 
 
 @dataclass(frozen=True)
@@ -258,10 +259,13 @@ class RunRepository:
                         started_at=now if status == "running" else None,
                         finished_at=None if status == "running" else now,
                     )
-                    .returning(runs.c.id, runs.c.job, runs.c.scheduled_for, runs.c.trigger)
+                    .returning(runs.c.id, runs.c.job, runs.c.scheduled_for, runs.c.trigger, runs.c.attempt)
                 ).first()
                 if row is not None:
-                    taken.append(Claimed(row.id, row.job, row.scheduled_for, status, fence, row.trigger))
+                    attempt = max(1, row.attempt)
+                    taken.append(
+                        Claimed(row.id, row.job, row.scheduled_for, status, fence, row.trigger, attempt)
+                    )
             return taken
 
     def _any_queued(self) -> bool:
