@@ -82,7 +82,7 @@ class Service:
 
     @property
     def spool_path(self) -> Path:
-        return self.settings.log_dir.parent / "var" / f"spool-{self.settings.instance_name}.jsonl"
+        return self.settings.state_dir / f"spool-{self.settings.instance_name}.jsonl"
 
     # -- start ------------------------------------------------------------
 
