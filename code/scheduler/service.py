@@ -139,6 +139,13 @@ class Service:
 
     def _load_jobs(self, now: datetime) -> None:
         result = load_jobs(self.settings.jobs_path)
+        # On a reload, a module that loaded before and fails now keeps its previous jobs:
+        # a typo saved in one file must not silently stop that file's jobs.
+        broken = {Path(p.where).stem for p in result.problems}
+        for name, spec in self.specs.items():
+            if spec.module.rsplit(".", 1)[-1] in broken and name not in result.specs:
+                result.specs[name] = spec
+                log.warning("job %s keeps its previous definition until its module loads again", name)
         self.specs, self.problems = result.specs, result.problems
         for problem in self.problems:
             log.error("job load failed: %s", problem, extra={"action": "load-error"})
@@ -212,12 +219,18 @@ class Service:
             log.info("waiting up to %.0fs for %d running jobs", grace, len(running))
             self.runner.cancel_all()
             self.runner.wait_idle(grace)
+        unfinished = [a.claimed.run_id for a in self.runner.active()]
         deadline = self.clock.monotonic() + 5.0
         self.recorder.close(deadline)
         now = self.clock.now()
         try:
+            # Only runs still going here: a finished run whose record was spooled keeps its
+            # lease row as it is, so the replay at the next start can write its real outcome.
             for run in self.store.runs.reap(
-                now, owner=self.owner.instance, reason="the daemon stopped before the run finished"
+                now,
+                owner=self.owner.instance,
+                ids=unfinished,
+                reason="the daemon stopped before the run finished",
             ):
                 log.warning("run %s of %s abandoned at shutdown", run.id, run.job, extra={"run_id": run.id})
         except SchedulerError as exc:

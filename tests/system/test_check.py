@@ -37,8 +37,9 @@ def test_check_accepts_the_example_jobs(sandbox: Sandbox) -> None:
     assert result.stderr == ""
     lines = result.stdout.splitlines()
     assert [x for x in lines if not x.startswith("ok    ")] == [
-        f"4 jobs, 0 problems; database {sandbox.db_url}"
+        f"4 jobs, 0 problems; database {sandbox.db_url} (not created yet: the daemon creates it)"
     ]
+    assert not list(sandbox.root.glob("*.db")), "check must not create the database"
     assert "ok    reports.daily_summary: cron 0 6 * * * (Europe/London)" in lines
     assert "ok    legacy_timeloop.cleanup_tmp: every 20s" in lines
 
@@ -80,7 +81,9 @@ def test_check_names_each_broken_module_in_one_line(sandbox: Sandbox) -> None:
         assert len(named) == 1, (case, result.stdout)
         assert BROKEN[case][1] in named[0]
     assert "ok    base.fine: every 30s" in result.stdout
-    assert result.stdout.endswith(f"1 jobs, {len(BROKEN)} problems; database {sandbox.db_url}\n")
+    assert result.stdout.endswith(
+        f"1 jobs, {len(BROKEN)} problems; database {sandbox.db_url} (not created yet: the daemon creates it)\n"
+    )
 
 
 @pytest.mark.parametrize(

@@ -382,6 +382,22 @@ def test_sighup_loads_a_new_job_module(sandbox: Sandbox) -> None:
     assert daemon.wait_exit(15) == 0
 
 
+def test_sighup_keeps_the_jobs_of_a_module_that_no_longer_imports(sandbox: Sandbox) -> None:
+    ticks = sandbox.root / "ticks"
+    sandbox.write_job("tick", source(TICK, out=str(ticks)))
+    daemon = sandbox.daemon()
+    wait_until(lambda: succeeded(sandbox, "tick.tick"), 15)
+    sandbox.write_job("tick", source(TICK, out=str(ticks)) + "\nthis is not python\n")
+
+    daemon.signal(signal.SIGHUP)
+
+    daemon.wait_for_output("reloaded: 1 jobs, 1 problems")
+    before = len(succeeded(sandbox, "tick.tick"))
+    wait_until(lambda: len(succeeded(sandbox, "tick.tick")) >= before + 2, 15)
+    daemon.signal(signal.SIGTERM)
+    assert daemon.wait_exit(15) == 0
+
+
 # -- how it is run ----------------------------------------------------------------
 
 

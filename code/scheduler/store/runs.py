@@ -343,13 +343,22 @@ class RunRepository:
             return int(result.rowcount)
 
     def reap(
-        self, now: datetime, *, owner: str | None = None, reason: str, fence: LeaderFence | None = None
+        self,
+        now: datetime,
+        *,
+        owner: str | None = None,
+        reason: str,
+        fence: LeaderFence | None = None,
+        ids: Sequence[int] | None = None,
     ) -> list[RunRow]:
-        """Mark running runs abandoned: those whose lease expired, or all of `owner`'s.
+        """Mark running runs abandoned: those whose lease expired, or all of `owner`'s
+        (only those in `ids` if given).
 
         With a leader fence, nothing is reaped unless that leader lease is still held.
         """
         condition = [runs.c.owner == owner if owner else runs.c.lease_expires_at < now]
+        if ids is not None:
+            condition.append(runs.c.id.in_(list(ids)))
         if fence is not None:
             condition.append(fence.holds())
         with self.db.write() as conn:
