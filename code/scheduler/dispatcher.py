@@ -303,10 +303,15 @@ class Dispatcher:
                     self.rewind(now)
             last_wall, last_mono = now, mono
             try:
-                if mono >= next_poll or self._poll_now:
+                if mono >= next_poll:
                     self._poll_now = False
                     next_poll = mono + self.poll_interval
                     self.poll(now)
+                elif self._poll_now:
+                    # A run ended: only its queued slots are news. Overrides wait for the periodic
+                    # poll, so a busy instance does not re-read them after every run.
+                    self._poll_now = False
+                    self.take_queued(now)
                 self.tick(now)
                 deadline = self.runner.check_deadlines()
             except Exception:
@@ -325,7 +330,7 @@ class Dispatcher:
         return max(0.0, min(waits))
 
     def poll_soon(self) -> None:
-        """Ask the loop to poll at once (a run ended: a queued slot may be free)."""
+        """Ask the loop to take queued runs at once (a run ended: a queued slot may be free)."""
         self._poll_now = True
         self.wake.set()
 
