@@ -281,25 +281,16 @@ class RunRepository:
         """Record run ends in one transaction; return the ids whose lease was lost."""
         lost: list[int] = []
         with self.db.write() as conn:
-            for o in outcomes:
-                result = conn.execute(
-                    _FINISH,
-                    {
-                        "o_id": o.run_id,
-                        "o_fence": o.fence,
-                        "o_status": o.status,
-                        "o_started_at": o.started_at,
-                        "o_finished_at": o.finished_at,
-                        "o_attempt": o.attempt,
-                        "o_error_type": _text(o.error_type),
-                        "o_error_message": _text(o.error_message),
-                        "o_error_traceback": _text(o.error_traceback),
-                        "o_log": _text(o.log),
-                        "o_log_truncated": o.log_truncated,
-                    },
-                )
-                if result.rowcount == 0:
-                    lost.append(o.run_id)
+            for start in range(0, len(outcomes), _CHUNK):
+                chunk = outcomes[start : start + _CHUNK]
+                if conn.dialect.name == "postgresql" and len({o.run_id for o in chunk}) == len(chunk):
+                    # One statement per chunk: a round trip per run capped the recorder at ~3,000 runs/s.
+                    done = set(conn.execute(_finish_many(chunk)).scalars())
+                    lost += [o.run_id for o in chunk if o.run_id not in done]
+                    continue
+                for o in chunk:
+                    if conn.execute(_FINISH, _finish_params(o)).rowcount == 0:
+                        lost.append(o.run_id)
         return lost
 
     def set_attempt(self, run_id: int, fence: int, attempt: int) -> bool:
@@ -501,6 +492,51 @@ _FINISH = (
         lease_expires_at=None,
     )
 )
+
+
+def _finish_params(o: Outcome) -> dict[str, Any]:
+    return {
+        "o_id": o.run_id,
+        "o_fence": o.fence,
+        "o_status": o.status,
+        "o_started_at": o.started_at,
+        "o_finished_at": o.finished_at,
+        "o_attempt": o.attempt,
+        "o_error_type": _text(o.error_type),
+        "o_error_message": _text(o.error_message),
+        "o_error_traceback": _text(o.error_traceback),
+        "o_log": _text(o.log),
+        "o_log_truncated": o.log_truncated,
+    }
+
+
+def _finish_many(chunk: Sequence[Outcome]) -> Any:
+    """_FINISH for many runs at once (PostgreSQL): UPDATE ... FROM (VALUES ...) RETURNING the ids won.
+
+    Run ids must be distinct in `chunk`. Columns are cast, as a VALUES column of NULLs is text.
+    """
+    names = list(_finish_params(chunk[0]))
+    types = {"o_id": runs.c.id.type, "o_fence": runs.c.fence.type, "o_attempt": runs.c.attempt.type}
+    columns = [sa.column(n, types.get(n) or runs.c[n.removeprefix("o_")].type) for n in names]
+    v = sa.values(*columns, name="o").data([tuple(_finish_params(o).values()) for o in chunk])
+    c = {n: sa.cast(v.c[n], col.type) for n, col in zip(names, columns, strict=True)}
+    return (
+        runs.update()
+        .where(runs.c.id == c["o_id"], runs.c.fence == c["o_fence"], runs.c.status == "running")
+        .values(
+            status=c["o_status"],
+            started_at=sa.func.coalesce(c["o_started_at"], runs.c.started_at),
+            finished_at=c["o_finished_at"],
+            attempt=c["o_attempt"],
+            error_type=c["o_error_type"],
+            error_message=c["o_error_message"],
+            error_traceback=c["o_error_traceback"],
+            log=c["o_log"],
+            log_truncated=c["o_log_truncated"],
+            lease_expires_at=None,
+        )
+        .returning(runs.c.id)
+    )
 
 
 def _text(value: str | None) -> str | None:
