@@ -17,7 +17,6 @@ from typing import Any
 
 import psycopg2
 import pytest
-
 from scheduler.clock import FakeClock
 from scheduler.store import Store
 

@@ -588,6 +588,35 @@ def test_claim_failure_leaves_slots_undecided_and_they_run_when_the_database_ans
     assert calls.slots == [ANCHOR, at(10)]
 
 
+def test_slots_backing_off_are_retried_at_once_when_the_database_is_seen_again(harness: Harness) -> None:
+    calls = Calls()
+    harness.load(interval_job("backoff.job", 10, calls.add))
+    harness.advance_and_tick(timedelta(seconds=1))
+
+    good = harness.dispatcher.store
+    harness.dispatcher.store = Store("postgresql://postgres@127.0.0.1:1/none")
+    try:
+        for _ in range(4):  # failures grow the backoff
+            harness.clock.advance(timedelta(seconds=10))
+            assert harness.dispatcher.tick(harness.clock.now()) == []
+        retry_at = harness.dispatcher.next_due()
+        assert retry_at is not None and retry_at > harness.clock.now() + timedelta(seconds=1)
+    finally:
+        harness.dispatcher.store.dispose()
+        harness.dispatcher.store = good
+
+    harness.health.database(True)  # a heartbeat got through: the database answers again
+    assert harness.dispatcher.wake.is_set()  # the loop is woken, not left to its backoff
+    won = harness.tick()  # same instant: no backoff waited
+    assert [(c.job, c.status) for c in won if c.status != "missed"] == [("backoff.job", "running")]
+    assert calls.slots == [ANCHOR, at(40)]
+    assert {r.scheduled_for for r in harness.runs("backoff.job") if r.status == "missed"} == {
+        at(10),
+        at(20),
+        at(30),
+    }
+
+
 # -- two instances on one database --------------------------------------------------------
 
 

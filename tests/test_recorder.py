@@ -172,6 +172,31 @@ def test_outcomes_are_kept_while_the_database_is_away_and_written_when_it_answer
         via_proxy.dispose()
 
 
+def test_a_nudge_ends_the_backoff_when_the_database_is_seen_again(
+    pg_url: str, pg_store: Store, proxy: TcpProxy, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("scheduler.recorder.MIN_BACKOFF", 60.0)  # a retry would come only in a minute
+    runs = claim_runs(pg_store, 3)
+    via_proxy = Store(proxy.url_for(pg_url))
+    health = HealthLog()
+    recorder = Recorder(SystemClock(), via_proxy.runs.finish, tmp_path / "spool.jsonl", health)
+    try:
+        recorder.start()
+        proxy.cut()
+        outcomes = [outcome(r, f, i) for i, (r, f) in enumerate(runs)]
+        for o in outcomes:
+            recorder.record(o)
+        wait_until(lambda: health.events and health.events[-1] is False)
+
+        proxy.restore()
+        recorder.nudge()  # what the service does when a heartbeat gets through
+        wait_until(lambda: recorder.written == 3, timeout=10)
+        assert_written(pg_store, outcomes)
+    finally:
+        recorder.close(SystemClock().monotonic() + 1)
+        via_proxy.dispose()
+
+
 def test_close_spools_what_cannot_be_written_and_replay_writes_it_back(
     pg_url: str, pg_store: Store, proxy: TcpProxy, tmp_path: Path
 ) -> None:

@@ -78,6 +78,8 @@ class Dispatcher:
         self.wake = threading.Event()
         self._last_poll: datetime | None = None
         self._backoff = MIN_BACKOFF
+        self._backing_off: set[str] = set()
+        health.when_recovered(self.wake.set)
         # Catch-up decisions are logged once their claim is written, not at every retry of an outage.
         self._catchup_notes: list[tuple[str, int, bool, datetime, str]] = []
 
@@ -158,6 +160,15 @@ class Dispatcher:
         retried (and caught up per policy) on a later tick.
         """
         with self._lock:
+            if self._backing_off and self.health.database_up:
+                # The database answers again (a heartbeat or a record got through):
+                # retry the slots left undecided at once rather than after the backoff.
+                for name in self._backing_off:
+                    state = self.states.get(name)
+                    if state is not None:
+                        state.next_at = now
+                        heapq.heappush(self._heap, (now, next(self._seq), name))
+                self._backing_off.clear()
             due: list[JobState] = []
             while self._heap and self._heap[0][0] <= now:
                 at, _, name = heapq.heappop(self._heap)
@@ -186,7 +197,9 @@ class Dispatcher:
                 if failed:
                     # Undecided: retry soon; the catch-up policy applies if it stays down.
                     state.next_at = now + timedelta(seconds=self._backoff)
+                    self._backing_off.add(state.spec.name)
                 else:
+                    self._backing_off.discard(state.spec.name)
                     state.cursor = decided.get(state.spec.name, max(state.cursor, now))
                     state.next_at = state.schedule.next_after(state.cursor)
                 heapq.heappush(self._heap, (state.next_at, next(self._seq), state.spec.name))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from scheduler.clock import Clock
@@ -35,6 +36,11 @@ class Health:
         self._reason = ""
         self.recovered_at: float | None = None
         self.loop_mono = clock.monotonic()
+        self._on_recovered: list[Callable[[], None]] = []
+
+    def when_recovered(self, callback: Callable[[], None]) -> None:
+        """Call `callback` each time the database answers again, to end backoffs early."""
+        self._on_recovered.append(callback)
 
     def database(self, ok: bool, reason: str = "") -> None:
         with self._lock:
@@ -49,6 +55,9 @@ class Health:
             else:
                 self._down_since, self._reason = self.clock.monotonic(), reason
                 log.error("database unavailable, backing off: %s", reason)
+        if ok:
+            for callback in self._on_recovered:
+                callback()
 
     def loop_alive(self) -> None:
         self.loop_mono = self.clock.monotonic()

@@ -46,6 +46,7 @@ class Recorder:
         self._queue: deque[Outcome] = deque()
         self._cond = threading.Condition()
         self._closing = False
+        self._nudged = False
         self._thread: threading.Thread | None = None
         self._writing: set[int] = set()
         self.written = 0
@@ -115,8 +116,15 @@ class Recorder:
                 log.warning("cannot write run records, keeping %d in memory and retrying", self.pending)
             failing = True
             with self._cond:
-                self._cond.wait_for(lambda: self._closing, backoff)
-            backoff = min(MAX_BACKOFF, backoff * 2)
+                nudged = self._cond.wait_for(lambda: self._closing or self._nudged, backoff)
+                self._nudged = False
+            backoff = MIN_BACKOFF if nudged else min(MAX_BACKOFF, backoff * 2)
+
+    def nudge(self) -> None:
+        """The database answers again (seen elsewhere): retry now instead of after the backoff."""
+        with self._cond:
+            self._nudged = True
+            self._cond.notify_all()
 
     def close(self, deadline: float) -> None:
         """Stop the thread, try to write the rest until `deadline` (monotonic), spool leftovers."""

@@ -45,6 +45,7 @@ class Service:
         self.specs: dict[str, JobSpec] = {}
         self.problems: list[LoadProblem] = []
         self.recorder = Recorder(self.clock, self.store.runs.finish, self.spool_path, self.health.database)
+        self.health.when_recovered(self.recorder.nudge)
         self.runner = Runner(
             self.clock,
             settings.pool_size,
