@@ -347,15 +347,17 @@ def targets(results: dict[str, Any], plan: dict[str, Any]) -> list[tuple[str, st
             verdict(threads <= POOL_SIZE + 8 if isinstance(threads, int | float) else None),
         )
     )
-    pg3 = next(
-        (r for r in results.get("throughput", []) if r.get("db") == "postgresql" and r.get("instances") == 3),
-        None,
-    )
-    rate = _get(pg3, "runs_per_s")
+    pg3 = [
+        r
+        for r in results.get("throughput", [])
+        if r.get("db") == "postgresql" and r.get("instances") == 3 and "runs_per_s" in r
+    ]
+    best = max(pg3, key=lambda r: r["runs_per_s"], default=None)
+    rate = _get(best, "runs_per_s")
     out.append(
         (
-            "≥ 2,000 recorded runs/s, PostgreSQL, 3 instances",
-            f"{_num(rate, '.0f')} runs/s",
+            "≥ 2,000 recorded runs/s, PostgreSQL, 3 instances (best demand level)",
+            f"{_num(rate, '.0f')} runs/s at a demand of {_num(_get(best, 'demand_per_s'), '.0f')}/s",
             verdict(rate >= 2000 if isinstance(rate, float) else None),
         )
     )
@@ -429,8 +431,8 @@ def markdown(results: dict[str, Any], meta: dict[str, Any]) -> str:
         "",
         "`--quick` runs every benchmark for a few seconds (the smoke test uses it); `--only` picks",
         "sections; `--lateness-duration`, `--drift-duration`, `--idle-quiet`, `--throughput-duration`,",
-        "`--once-duration` and `--failover-trials` change the durations. The 100-job lateness alone:",
-        "`.venv/bin/python -m bench.lateness_100`.",
+        "`--once-duration`, `--once-peer-duration` and `--failover-trials` change the durations.",
+        "The 100-job lateness alone: `.venv/bin/python -m bench.lateness_100`.",
         "",
         "## This run",
         "",
@@ -467,7 +469,7 @@ def _durations(plan: dict[str, Any]) -> str:
         f"lateness {lat['duration']:g} s per case after {lat['warmup']:g} s warm-up ({sizes}); "
         f"drift {plan['drift']['duration']:g} s; idle window up to {plan['idle']['quiet']:g} s; "
         f"throughput {tp['duration']:g} s after {tp['warmup']:g} s warm-up "
-        f"({tp['jobs']:,} jobs every {tp['interval']:g} s), floor {tp['floor_s']:g} s; "
+        f"(jobs every {tp['interval']:g} s), floor {tp['floor_s']:g} s; "
         f"exactly-once {once['duration']:g} s (ours) and {once['peer_duration']:g} s (APScheduler); "
         f"failover {plan['failover']['trials']} SIGKILL + {plan['failover']['trials']} SIGTERM trials"
     )

@@ -28,7 +28,19 @@ FULL: dict[str, Any] = {
     "lateness": {"sizes": [[100, 10.0], [1000, 10.0], [10000, 60.0]], "duration": 60.0, "warmup": 3.0},
     "drift": {"duration": 120.0},
     "idle": {"jobs": 10_000, "interval": 60.0, "quiet": 30.0},
-    "throughput": {"jobs": 5000, "interval": 2.0, "warmup": 8.0, "duration": 20.0, "floor_s": 3.0},
+    "throughput": {
+        # (database, instances, jobs): demand = jobs / interval runs per second
+        "cases": [
+            ["sqlite", 1, 5000],
+            ["postgresql", 1, 5000],
+            ["postgresql", 3, 5000],
+            ["postgresql", 3, 8000],
+        ],
+        "interval": 2.0,
+        "warmup": 8.0,
+        "duration": 20.0,
+        "floor_s": 3.0,
+    },
     "once": {"jobs": 1000, "interval": 1.0, "warmup": 5.0, "duration": 120.0, "peer_duration": 60.0},
     "failover": {"trials": 3, "interval": 0.25, "heartbeat": 2.0, "lease_ttl": 10.0},
     "startup": {"jobs": 1000, "cron_seconds": 1.0},
@@ -38,7 +50,13 @@ QUICK: dict[str, Any] = {
     "lateness": {"sizes": [[20, 1.0]], "duration": 1.5, "warmup": 0.5},
     "drift": {"duration": 4.5},
     "idle": {"jobs": 200, "interval": 8.0, "quiet": 1.0},
-    "throughput": {"jobs": 200, "interval": 1.0, "warmup": 0.5, "duration": 1.0, "floor_s": 0.2},
+    "throughput": {
+        "cases": [["sqlite", 1, 200], ["postgresql", 1, 200], ["postgresql", 3, 200]],
+        "interval": 1.0,
+        "warmup": 0.5,
+        "duration": 1.0,
+        "floor_s": 0.2,
+    },
     "once": {"jobs": 50, "interval": 1.0, "warmup": 0.5, "duration": 2.0, "peer_duration": 2.0},
     "failover": {"trials": 1, "interval": 0.25, "heartbeat": 0.5, "lease_ttl": 1.5},
     "startup": {"jobs": 100, "cron_seconds": 0.05},
@@ -98,6 +116,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--idle-quiet", type=float, help="seconds of the idle window")
     parser.add_argument("--throughput-duration", type=float, help="seconds measured per throughput case")
     parser.add_argument("--once-duration", type=float, help="seconds of the exactly-once window (ours)")
+    parser.add_argument("--once-peer-duration", type=float, help="seconds of the window (APScheduler)")
     parser.add_argument("--failover-trials", type=int, help="SIGKILL and SIGTERM trials each")
     return parser
 
@@ -111,6 +130,7 @@ def _plan(args: argparse.Namespace) -> dict[str, Any]:
         ("idle_quiet", "idle", "quiet"),
         ("throughput_duration", "throughput", "duration"),
         ("once_duration", "once", "duration"),
+        ("once_peer_duration", "once", "peer_duration"),
         ("failover_trials", "failover", "trials"),
     ):
         value = getattr(args, option)
@@ -166,9 +186,10 @@ def run_idle(plan: dict[str, Any]) -> dict[str, Any]:
 
 def run_throughput(plan: dict[str, Any]) -> list[dict[str, Any]]:
     timeout = plan["warmup"] + plan["duration"] + plan["floor_s"] + 240
+    common = {k: v for k, v in plan.items() if k != "cases"}
     return [
-        _child("throughput", {"db": db, "instances": n, **plan}, timeout)
-        for db, n in (("sqlite", 1), ("postgresql", 1), ("postgresql", 3))
+        _child("throughput", {"db": db, "instances": n, "jobs": jobs, **common}, timeout)
+        for db, n, jobs in plan["cases"]
     ]
 
 
