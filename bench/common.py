@@ -196,6 +196,7 @@ BODIES = {
     "record": "    record(ctx)",
     "sleep200": "    time.sleep(0.2)",
     "hold": "    ctx.cancelled.wait(600)",
+    "hold3": "    ctx.cancelled.wait(3)",
 }
 
 SINK = '''"""Appends one line per run (pid, job, slot) to the file named by BENCH_SINK."""

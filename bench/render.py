@@ -66,6 +66,7 @@ def tables(results: dict[str, Any], plan: dict[str, Any]) -> list[tuple[str, lis
                     _lat(ours),
                     _lat(aps),
                     _ratio(_get(ours, "lateness", "p99_ms"), _get(aps, "lateness", "p99_ms")),
+                    f"{_get(ours, 'lateness', 'count')} / {_get(aps, 'lateness', 'count')}",
                     f"{_get(ours, 'not_run')} / {_get(aps, 'not_run')}",
                     f"{_num(_get(ours, 'cpu_percent'))} / {_num(_get(aps, 'cpu_percent'))}",
                 ]
@@ -77,6 +78,7 @@ def tables(results: dict[str, Any], plan: dict[str, Any]) -> list[tuple[str, lis
             "Ours p50 / p99 / max (ms)",
             "APScheduler p50 / p99 / max (ms)",
             "p99 ours ÷ APScheduler",
+            "Runs measured (ours / APS)",
             "Slots not run (ours / APS)",
             "CPU % of a core (ours / APS)",
         ]
@@ -436,7 +438,7 @@ def markdown(results: dict[str, Any], meta: dict[str, Any]) -> str:
         "",
         "## This run",
         "",
-        f"- Command: `{meta['command']}` ({meta['profile']} durations), started {meta['started_at']}, "
+        f"- Command: `{meta['command']}` ({meta['profile']}), started {meta['started_at']}, "
         f"took {meta['elapsed_s'] / 60:.1f} min.",
         f"- Machine: {m['cpu']}, {m['cores']} cores, {m['ram']} RAM; {m['os']}; {m['python']}.",
         f"- Load average (1/5/15 min) at the start: {m['load']}; at the end: {meta['finished_load']}. "

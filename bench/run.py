@@ -63,6 +63,18 @@ QUICK: dict[str, Any] = {
 }
 
 
+# (command-line option, plan section, plan key)
+OVERRIDES = (
+    ("lateness_duration", "lateness", "duration"),
+    ("drift_duration", "drift", "duration"),
+    ("idle_quiet", "idle", "quiet"),
+    ("throughput_duration", "throughput", "duration"),
+    ("once_duration", "once", "duration"),
+    ("once_peer_duration", "once", "peer_duration"),
+    ("failover_trials", "failover", "trials"),
+)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     plan = _plan(args)
@@ -83,7 +95,8 @@ def main(argv: list[str] | None = None) -> int:
         "started_at": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": machine(),
         "versions": versions(),
-        "profile": "quick" if args.quick else "full",
+        "profile": ("quick" if args.quick else "full")
+        + (" durations, some overridden" if _overridden(args) else " durations"),
         "plan": plan,
     }
     began = time.monotonic()
@@ -121,18 +134,14 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _overridden(args: argparse.Namespace) -> bool:
+    return any(getattr(args, option) is not None for option, _, _ in OVERRIDES)
+
+
 def _plan(args: argparse.Namespace) -> dict[str, Any]:
     base = QUICK if args.quick else FULL
     plan = {k: dict(v) for k, v in base.items()}
-    for option, section, key in (
-        ("lateness_duration", "lateness", "duration"),
-        ("drift_duration", "drift", "duration"),
-        ("idle_quiet", "idle", "quiet"),
-        ("throughput_duration", "throughput", "duration"),
-        ("once_duration", "once", "duration"),
-        ("once_peer_duration", "once", "peer_duration"),
-        ("failover_trials", "failover", "trials"),
-    ):
+    for option, section, key in OVERRIDES:
         value = getattr(args, option)
         if value is not None:
             plan[section][key] = value

@@ -104,7 +104,7 @@ def test_report_has_every_section_and_a_verdict_per_target(results: dict[str, An
         "started_at": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": machine(),
         "versions": versions(),
-        "profile": "quick",
+        "profile": "quick durations",
         "plan": QUICK,
         "finished_load": machine()["load"],
         "elapsed_s": 1.0,
