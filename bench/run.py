@@ -25,7 +25,13 @@ from bench.common import REPO, machine, pg_problem, run_child, versions
 SECTIONS = ("lateness", "drift", "idle", "throughput", "once", "failover", "startup")
 
 FULL: dict[str, Any] = {
-    "lateness": {"sizes": [[100, 10.0], [1000, 10.0], [10000, 60.0]], "duration": 60.0, "warmup": 3.0},
+    "lateness": {
+        "sizes": [[100, 10.0], [1000, 10.0], [10000, 60.0]],
+        "duration": 60.0,
+        "warmup": 3.0,
+        # Ours again with the watchdog's job check held off, to show what it costs the tail.
+        "diagnostic": {"jobs": 1000, "interval": 10.0, "duration": 30.0, "watchdog_interval": "1h"},
+    },
     "drift": {"duration": 120.0},
     "idle": {"jobs": 10_000, "interval": 60.0, "quiet": 30.0},
     "throughput": {
@@ -47,7 +53,12 @@ FULL: dict[str, Any] = {
 }
 
 QUICK: dict[str, Any] = {
-    "lateness": {"sizes": [[20, 1.0]], "duration": 1.5, "warmup": 0.5},
+    "lateness": {
+        "sizes": [[20, 1.0]],
+        "duration": 1.5,
+        "warmup": 0.5,
+        "diagnostic": {"jobs": 20, "interval": 1.0, "duration": 1.5, "watchdog_interval": "1h"},
+    },
     "drift": {"duration": 4.5},
     "idle": {"jobs": 200, "interval": 8.0, "quiet": 1.0},
     "throughput": {
@@ -169,6 +180,12 @@ def run_lateness(plan: dict[str, Any]) -> list[dict[str, Any]]:
             params = {"impl": impl, "jobs": jobs, "interval": interval}
             params |= {"duration": plan["duration"], "warmup": plan["warmup"]}
             row[impl] = _child("lateness", params, plan["duration"] + 240)
+        rows.append(row)
+    diagnostic = plan.get("diagnostic")
+    if diagnostic:
+        params = {"impl": "ours", "warmup": plan["warmup"], **diagnostic}
+        row = {"jobs": diagnostic["jobs"], "interval": diagnostic["interval"], "diagnostic": True}
+        row["ours"] = _child("lateness", params, diagnostic["duration"] + 240)
         rows.append(row)
     return rows
 
