@@ -11,6 +11,7 @@ benchmark that fails is reported as failed in the table; the others still run.
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 import sys
 import threading
@@ -22,6 +23,7 @@ from typing import Any
 from bench import render
 from bench.common import REPO, machine, pg_problem, run_child, versions
 
+DEFAULT_OUTPUT = REPO / "docs" / "BENCHMARKS.md"
 SECTIONS = ("lateness", "drift", "idle", "throughput", "once", "failover", "startup")
 
 FULL: dict[str, Any] = {
@@ -88,6 +90,10 @@ OVERRIDES = (
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.render_from:
+        saved = json.loads(Path(args.render_from).read_text())
+        _report(saved["results"], saved["meta"], args.output)
+        return 0
     plan = _plan(args)
     sections = SECTIONS if args.all or not args.only else tuple(s.strip() for s in args.only.split(","))
     unknown = [s for s in sections if s not in SECTIONS]
@@ -112,19 +118,46 @@ def main(argv: list[str] | None = None) -> int:
     }
     began = time.monotonic()
     results: dict[str, Any] = {}
+    saved = _results_path(args)
     for section in sections:
         print(f"== {section}", flush=True)
         results[section] = RUNNERS[section](plan[section])
-    meta["finished_load"] = machine()["load"]
-    meta["elapsed_s"] = time.monotonic() - began
-    text = render.table_text(results, plan)
-    print(text)
-    if args.output != "-":
-        out = Path(args.output)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(render.markdown(results, meta))
-        print(f"wrote {out}")
+        meta["finished_load"] = machine()["load"]
+        meta["elapsed_s"] = time.monotonic() - began
+        meta["missing"] = [s for s in sections if s not in results]
+        if saved is not None:
+            # Saved after every section: a run cut short still leaves its figures (and --render-from).
+            saved.parent.mkdir(parents=True, exist_ok=True)
+            saved.write_text(json.dumps({"meta": meta, "results": results}, indent=1))
+            if meta["missing"]:
+                _write(results, meta, args.output)
+    _report(results, meta, args.output)
     return 0
+
+
+def _results_path(args: argparse.Namespace) -> Path | None:
+    if args.results:
+        return Path(args.results)
+    if args.output == "-":
+        return None
+    if Path(args.output).resolve() == DEFAULT_OUTPUT:
+        return REPO / "bench" / "results.json"
+    return Path(args.output).with_suffix(".json")
+
+
+def _report(results: dict[str, Any], meta: dict[str, Any], output: str) -> None:
+    print(render.table_text(results, meta["plan"]))
+    _write(results, meta, output)
+    if output != "-":
+        print(f"wrote {output}")
+
+
+def _write(results: dict[str, Any], meta: dict[str, Any], output: str) -> None:
+    if output == "-":
+        return
+    out = Path(output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(render.markdown(results, meta))
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -132,9 +165,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--all", action="store_true", help="run every section (the default without --only)")
     parser.add_argument("--only", help=f"comma-separated sections: {', '.join(SECTIONS)}")
     parser.add_argument("--quick", action="store_true", help="tiny durations: checks that everything runs")
+    parser.add_argument("--output", default=str(DEFAULT_OUTPUT), help="Markdown report path ('-': none)")
     parser.add_argument(
-        "--output", default=str(REPO / "docs" / "BENCHMARKS.md"), help="Markdown report path ('-': none)"
+        "--results", help="JSON file of the raw results (default: bench/results.json for the recorded run)"
     )
+    parser.add_argument("--render-from", metavar="JSON", help="only rewrite the report from saved results")
     parser.add_argument("--lateness-duration", type=float, help="seconds measured per lateness case")
     parser.add_argument("--drift-duration", type=float, help="seconds the drift case runs")
     parser.add_argument("--idle-quiet", type=float, help="seconds of the idle window")
