@@ -7,6 +7,7 @@ counted, failover observed) and that the report renders every section.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -20,6 +21,7 @@ import pytest
 from bench import render
 from bench.common import machine, pg_problem, versions
 from bench.run import QUICK, RUNNERS, SECTIONS
+from bench.run import main as run_main
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = [pytest.mark.system, pytest.mark.postgres]
@@ -117,6 +119,26 @@ def test_report_has_every_section_and_a_verdict_per_target(results: dict[str, An
     assert "failed:" not in text
     verdicts = [line for line in text.splitlines() if line.endswith(("| met |", "| **NOT met** |"))]
     assert len(verdicts) >= 8  # all but the 1,000-job lateness targets are measured in the quick profile
+
+
+def test_report_is_rewritten_from_saved_results_without_running(
+    results: dict[str, Any], tmp_path: Path
+) -> None:
+    meta = {
+        "command": ".venv/bin/python -m bench.run --quick",
+        "started_at": "2026-01-01 00:00 UTC",
+        "machine": machine(),
+        "versions": {"scheduler": "test"},
+        "profile": "quick durations",
+        "plan": QUICK,
+        "finished_load": "0.00 0.00 0.00",
+        "elapsed_s": 1.0,
+    }
+    saved = tmp_path / "results.json"
+    saved.write_text(json.dumps({"meta": meta, "results": results}))
+    out = tmp_path / "report.md"
+    assert run_main(["--render-from", str(saved), "--output", str(out)]) == 0
+    assert out.read_text() == render.markdown(json.loads(saved.read_text())["results"], meta)
 
 
 def test_run_command_rejects_an_unknown_section() -> None:
