@@ -679,3 +679,22 @@ def test_service_cut_off_from_postgresql_alerts_directly_and_threads_the_recover
     assert header(recovery) == ":large_green_circle: Recovered: Database problem"
     assert recovery["body"]["thread_ts"] == incident.slack_ts is not None
     assert len(fake_slack.messages) == 2  # and no "no live instance" while heartbeats were renewed
+
+
+# -- reading run facts ---------------------------------------------------------------------
+
+
+def test_run_facts_behind_a_long_run_of_skipped_slots_are_still_found(store: Store) -> None:
+    owner = Owner("facts", "facts-host", 1)
+    start = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+    won = store.runs.claim([Claim("facts.job", start)], owner, start, start + timedelta(hours=1))
+    store.runs.finish([Outcome(won[0].run_id, won[0].fence, "failed", start + timedelta(seconds=2))])
+    later = [Claim("facts.job", start + timedelta(minutes=i), status="skipped") for i in range(1, 12)]
+    store.runs.claim(later, owner, start, start)
+    store.runs.claim([Claim("quiet.job", start, status="missed")], owner, start, start)
+
+    activity = store.alerts.activity(["facts.job", "quiet.job", "never.job"], depth=2)
+
+    assert activity.last_started == {"facts.job": start}  # the claim time: the run's start
+    assert [(r.id, r.status) for r in activity.outcomes["facts.job"]] == [(won[0].run_id, "failed")]
+    assert activity.outcomes["quiet.job"] == [] and activity.outcomes["never.job"] == []

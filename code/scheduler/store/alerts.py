@@ -14,6 +14,7 @@ Sending is claimed: a sender marks due rows `claimed_by`/`claimed_until`
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -26,6 +27,7 @@ from scheduler.store.runs import RunRow
 from scheduler.store.schema import incidents, outbox, runs
 
 OUTCOMES = ("succeeded", "failed", "timed_out")  # what counts toward a failure streak
+YIELD_EVERY = 50  # jobs read between two GIL hand-overs in `activity`
 Notice = Callable[["IncidentRow"], dict[str, Any] | None]
 
 
@@ -363,31 +365,51 @@ class AlertRepository:
     def activity(self, names: Iterable[str], depth: int) -> Activity:
         """The jobs' last starts and `depth` latest outcomes (by slot), and every running run.
 
-        Per-job queries walk the (job, scheduled_for) index backwards, so the
-        cost does not grow with the history kept.
+        One query per job walks the (job, scheduled_for) index backwards over its
+        few newest rows, which hold both facts in a healthy job; only a job whose
+        newest rows lack them (long skipped or missed) gets the two narrower
+        queries. The cost does not grow with the history kept.
         """
-        newest = (runs.c.scheduled_for.desc(),)  # unique per job: no tie to break
         activity = Activity()
         with self.db.read() as conn:
-            for name in names:
-                started = conn.execute(
-                    sa.select(runs.c.started_at)
-                    .where(runs.c.job == name, runs.c.started_at.is_not(None))
-                    .order_by(*newest)
-                    .limit(1)
-                ).scalar()
+            for i, name in enumerate(names):
+                if i % YIELD_EVERY == YIELD_EVERY - 1:
+                    time.sleep(0)  # let the dispatcher thread take the GIL: slots stay on time
+                newest = [
+                    RunRow.from_row(r) for r in conn.execute(self._newest, {"job": name, "n": depth + 4})
+                ]
+                started = next((r.started_at for r in newest if r.started_at is not None), None)
+                outcomes = [r for r in newest if r.status in OUTCOMES][:depth]
+                if started is None and newest:
+                    started = conn.execute(self._last_started, {"job": name}).scalar()
+                if len(outcomes) < depth and len(newest) == depth + 4:
+                    older = conn.execute(self._outcomes, {"job": name, "n": depth})
+                    outcomes = [RunRow.from_row(r) for r in older]
                 if started is not None:
                     activity.last_started[name] = _as_utc(started)
-                outcomes = conn.execute(
-                    sa.select(runs)
-                    .where(runs.c.job == name, runs.c.status.in_(OUTCOMES))
-                    .order_by(*newest)
-                    .limit(depth)
-                )
-                activity.outcomes[name] = [RunRow.from_row(r) for r in outcomes]
+                activity.outcomes[name] = outcomes
             running = conn.execute(sa.select(runs).where(runs.c.status == "running").order_by(runs.c.id))
             activity.running.extend(RunRow.from_row(r) for r in running)
         return activity
+
+    _newest = (
+        sa.select(runs)
+        .where(runs.c.job == sa.bindparam("job"))
+        .order_by(runs.c.scheduled_for.desc())  # unique per job: no tie to break
+        .limit(sa.bindparam("n"))
+    )
+    _last_started = (
+        sa.select(runs.c.started_at)
+        .where(runs.c.job == sa.bindparam("job"), runs.c.started_at.is_not(None))
+        .order_by(runs.c.scheduled_for.desc())
+        .limit(1)
+    )
+    _outcomes = (
+        sa.select(runs)
+        .where(runs.c.job == sa.bindparam("job"), runs.c.status.in_(OUTCOMES))
+        .order_by(runs.c.scheduled_for.desc())
+        .limit(sa.bindparam("n"))
+    )
 
 
 def _held(notice_id: int, worker: str) -> tuple[sa.ColumnElement[bool], ...]:
