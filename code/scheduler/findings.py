@@ -24,7 +24,7 @@ from scheduler.notify import format_utc
 from scheduler.schedules import Schedule, format_interval
 from scheduler.store import InstanceRow, JobRow
 from scheduler.store.alerts import Activity
-from scheduler.store.runs import RunRow
+from scheduler.store.history import RunRow
 
 SCHEDULER = "scheduler"  # the subject of incidents about the scheduler as a whole
 MIN_GRACE = timedelta(seconds=60)

@@ -9,8 +9,9 @@ from __future__ import annotations
 from scheduler.store.alerts import AlertRepository
 from scheduler.store.cluster import ClusterRepository, InstanceRow, LeaseRow
 from scheduler.store.db import Database
+from scheduler.store.history import RunRow
 from scheduler.store.jobs import AuditEntry, JobRepository, JobRow
-from scheduler.store.runs import Claim, Claimed, Outcome, Owner, RunRepository, RunRow
+from scheduler.store.runs import Claim, Claimed, Outcome, Owner, RunRepository
 
 __all__ = [
     "AuditEntry",

@@ -23,7 +23,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from scheduler.store.db import Database
-from scheduler.store.runs import RunRow
+from scheduler.store.history import RunRow
 from scheduler.store.schema import incidents, outbox, runs
 
 OUTCOMES = ("succeeded", "failed", "timed_out")  # what counts toward a failure streak

@@ -1,4 +1,4 @@
-"""Run records: claiming slots, finishing runs, leases, reaping, history.
+"""Run records: claiming slots, finishing runs, leases, reaping (reading: history.py).
 
 A slot is claimed by inserting its row: UNIQUE(job, scheduled_for) plus
 ON CONFLICT DO NOTHING lets exactly one instance win it. Finishing a run is a
@@ -10,14 +10,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
 
-from scheduler.errors import NotFoundError, StoreError
+from scheduler.errors import StoreError
 from scheduler.store.cluster import LeaderFence
 from scheduler.store.db import Database
+from scheduler.store.history import RunReads, RunRow
 from scheduler.store.schema import jobs, runs
 
 ACTIVE = ("running", "queued")
@@ -73,46 +74,7 @@ class Outcome:
     log_truncated: bool = False
 
 
-@dataclass(frozen=True)
-class RunRow:
-    id: int
-    job: str
-    scheduled_for: datetime
-    trigger: str
-    status: str
-    attempt: int
-    owner: str | None
-    fence: int
-    host: str | None
-    pid: int | None
-    started_at: datetime | None
-    finished_at: datetime | None
-    error_type: str | None
-    error_message: str | None
-    error_traceback: str | None
-    log: str | None
-    log_truncated: bool
-    lease_expires_at: datetime | None
-
-    @property
-    def duration_seconds(self) -> float | None:
-        if self.started_at is None or self.finished_at is None:
-            return None
-        return (self.finished_at - self.started_at).total_seconds()
-
-    @property
-    def lateness_seconds(self) -> float | None:
-        if self.started_at is None or self.trigger == "manual":
-            return None
-        return (self.started_at - self.scheduled_for).total_seconds()
-
-    @classmethod
-    def from_row(cls, row: sa.Row[Any]) -> RunRow:
-        m = row._mapping
-        return cls(**{name: m[name] for name in cls.__dataclass_fields__})
-
-
-class RunRepository:
+class RunRepository(RunReads):
     def __init__(self, db: Database) -> None:
         self.db = db
 
@@ -383,45 +345,6 @@ class RunRepository:
                 reaped += self.reap(now, owner=owner, reason=reason)
         return reaped
 
-    def last_slots(self) -> dict[str, datetime]:
-        """The latest scheduled (not manual) slot recorded per job."""
-        with self.db.read() as conn:
-            query = (
-                sa.select(runs.c.job, sa.func.max(runs.c.scheduled_for))
-                .where(runs.c.trigger != "manual")
-                .group_by(runs.c.job)
-            )
-            return {job: _aware(at) for job, at in conn.execute(query)}
-
-    def get(self, run_id: int) -> RunRow:
-        """Raises NotFoundError."""
-        with self.db.read() as conn:
-            row = conn.execute(sa.select(runs).where(runs.c.id == run_id)).first()
-        if row is None:
-            raise NotFoundError(f"no run with id {run_id}")
-        return RunRow.from_row(row)
-
-    def history(self, job: str | None = None, status: str | None = None, limit: int = 50) -> list[RunRow]:
-        query = sa.select(runs).order_by(runs.c.scheduled_for.desc(), runs.c.id.desc()).limit(limit)
-        if job is not None:
-            query = query.where(runs.c.job == job)
-        if status is not None:
-            query = query.where(runs.c.status == status)
-        with self.db.read() as conn:
-            return [RunRow.from_row(r) for r in conn.execute(query)]
-
-    def latest_per_job(self) -> dict[str, RunRow]:
-        """Each job's most recent run row (by slot)."""
-        latest = sa.select(runs.c.job, sa.func.max(runs.c.id).label("id")).group_by(runs.c.job).subquery()
-        with self.db.read() as conn:
-            rows = conn.execute(sa.select(runs).join(latest, runs.c.id == latest.c.id))
-            return {r.job: RunRow.from_row(r) for r in rows}
-
-    def count_by_status(self) -> dict[tuple[str, str], int]:
-        with self.db.read() as conn:
-            query = sa.select(runs.c.job, runs.c.status, sa.func.count()).group_by(runs.c.job, runs.c.status)
-            return {(job, status): int(n) for job, status, n in conn.execute(query)}
-
     def prune(self, before: datetime) -> int:
         """Delete finished runs whose slot is older than `before`; returns how many."""
         with self.db.write() as conn:
@@ -542,7 +465,3 @@ def _finish_many(chunk: Sequence[Outcome]) -> Any:
 def _text(value: str | None) -> str | None:
     """A job's output may hold NUL characters, which PostgreSQL text refuses; show them escaped."""
     return value.replace("\x00", "\\x00") if value else value
-
-
-def _aware(at: datetime) -> datetime:
-    return at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)

@@ -1,0 +1,101 @@
+"""Reading run records: one run, history, each job's latest, counts, last slots."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from scheduler.errors import NotFoundError
+from scheduler.store.db import Database
+from scheduler.store.schema import runs
+
+
+@dataclass(frozen=True)
+class RunRow:
+    id: int
+    job: str
+    scheduled_for: datetime
+    trigger: str
+    status: str
+    attempt: int
+    owner: str | None
+    fence: int
+    host: str | None
+    pid: int | None
+    started_at: datetime | None
+    finished_at: datetime | None
+    error_type: str | None
+    error_message: str | None
+    error_traceback: str | None
+    log: str | None
+    log_truncated: bool
+    lease_expires_at: datetime | None
+
+    @property
+    def duration_seconds(self) -> float | None:
+        if self.started_at is None or self.finished_at is None:
+            return None
+        return (self.finished_at - self.started_at).total_seconds()
+
+    @property
+    def lateness_seconds(self) -> float | None:
+        if self.started_at is None or self.trigger == "manual":
+            return None
+        return (self.started_at - self.scheduled_for).total_seconds()
+
+    @classmethod
+    def from_row(cls, row: sa.Row[Any]) -> RunRow:
+        m = row._mapping
+        return cls(**{name: m[name] for name in cls.__dataclass_fields__})
+
+
+class RunReads:
+    """The read side of the runs table; `RunRepository` adds the writes."""
+
+    db: Database
+
+    def last_slots(self) -> dict[str, datetime]:
+        """The latest scheduled (not manual) slot recorded per job."""
+        with self.db.read() as conn:
+            query = (
+                sa.select(runs.c.job, sa.func.max(runs.c.scheduled_for))
+                .where(runs.c.trigger != "manual")
+                .group_by(runs.c.job)
+            )
+            return {job: _aware(at) for job, at in conn.execute(query)}
+
+    def get(self, run_id: int) -> RunRow:
+        """Raises NotFoundError."""
+        with self.db.read() as conn:
+            row = conn.execute(sa.select(runs).where(runs.c.id == run_id)).first()
+        if row is None:
+            raise NotFoundError(f"no run with id {run_id}")
+        return RunRow.from_row(row)
+
+    def history(self, job: str | None = None, status: str | None = None, limit: int = 50) -> list[RunRow]:
+        query = sa.select(runs).order_by(runs.c.scheduled_for.desc(), runs.c.id.desc()).limit(limit)
+        if job is not None:
+            query = query.where(runs.c.job == job)
+        if status is not None:
+            query = query.where(runs.c.status == status)
+        with self.db.read() as conn:
+            return [RunRow.from_row(r) for r in conn.execute(query)]
+
+    def latest_per_job(self) -> dict[str, RunRow]:
+        """Each job's most recent run row (by slot)."""
+        latest = sa.select(runs.c.job, sa.func.max(runs.c.id).label("id")).group_by(runs.c.job).subquery()
+        with self.db.read() as conn:
+            rows = conn.execute(sa.select(runs).join(latest, runs.c.id == latest.c.id))
+            return {r.job: RunRow.from_row(r) for r in rows}
+
+    def count_by_status(self) -> dict[tuple[str, str], int]:
+        with self.db.read() as conn:
+            query = sa.select(runs.c.job, runs.c.status, sa.func.count()).group_by(runs.c.job, runs.c.status)
+            return {(job, status): int(n) for job, status, n in conn.execute(query)}
+
+
+def _aware(at: datetime) -> datetime:
+    return at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
