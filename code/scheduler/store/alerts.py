@@ -376,13 +376,13 @@ class AlertRepository:
                 if i % YIELD_EVERY == YIELD_EVERY - 1:
                     time.sleep(0)  # let the dispatcher thread take the GIL: slots stay on time
                 newest = [
-                    RunRow.from_row(r) for r in conn.execute(self._newest, {"job": name, "n": depth + 4})
+                    RunRow.from_row(r) for r in conn.execute(self._newest, {"job": name, "n": depth + 1})
                 ]
                 started = next((r.started_at for r in newest if r.started_at is not None), None)
                 outcomes = [r for r in newest if r.status in OUTCOMES][:depth]
                 if started is None and newest:
                     started = conn.execute(self._last_started, {"job": name}).scalar()
-                if len(outcomes) < depth and len(newest) == depth + 4:
+                if len(outcomes) < depth and len(newest) == depth + 1:
                     older = conn.execute(self._outcomes, {"job": name, "n": depth})
                     outcomes = [RunRow.from_row(r) for r in older]
                 if started is not None:
