@@ -327,7 +327,7 @@ def targets(results: dict[str, Any], plan: dict[str, Any]) -> list[tuple[str, st
     drift = _get(results, "drift", "ours", "drift_s")
     out.append(
         (
-            "zero drift (|drift| ≤ 10 ms)",
+            "zero drift (drift within ±10 ms)",
             f"{_num(drift, '+.4f')} s",
             verdict(abs(drift) <= 0.01 if isinstance(drift, float) else None),
         )

@@ -180,10 +180,9 @@ class RunRepository(RunReads):
     ) -> list[Claimed]:
         """Claim queued (manual or retried) runs of jobs this instance knows.
 
-        Each comes back 'running', or 'skipped' when the job is busy.
+        Each comes back 'running', or 'skipped' when the job is busy. Callers ask
+        `any_queued()` first: most of the time nothing is queued.
         """
-        if not self._any_queued():
-            return []
         known = sorted(set(names))
         if not known:
             return []
@@ -230,7 +229,7 @@ class RunRepository(RunReads):
                     )
             return taken
 
-    def _any_queued(self) -> bool:
+    def any_queued(self) -> bool:
         """Most polls find nothing queued: a read answers that without taking the write lock.
 
         A run queued just after this read is taken at the next poll, as one queued
