@@ -129,7 +129,7 @@ def _ours(
 def _apscheduler(
     p: dict[str, Any], base: Path, url: str, sink: Path
 ) -> tuple[tuple[float, float], dict[str, float], dict[str, Any]]:
-    anchor = math.ceil(time.time()) + 10.0
+    anchor = math.ceil(time.time()) + 10.0  # the processes may take longer to start: the window waits
     env = {**os.environ, "PYTHONPATH": f"{CODE}{os.pathsep}{REPO}"}
     aps_url = url.replace("postgresql://", "postgresql+psycopg2://")
     cmd = [PYTHON, "-m", "bench.peer_aps", "--url", aps_url, "--jobs", str(p["jobs"])]
@@ -140,7 +140,9 @@ def _apscheduler(
         procs.append(subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT))
     try:
         wait_for(
-            lambda: all(b"started" in (base / f"aps{k}.log").read_bytes() for k in range(len(procs))), 60, 0.1
+            lambda: all(b"started" in (base / f"aps{k}.log").read_bytes() for k in range(len(procs))),
+            180,
+            0.1,
         )
         begin_at = max(time.time(), anchor) + p["warmup"]
         time.sleep(max(0.0, begin_at - time.time()))

@@ -454,6 +454,7 @@ def markdown(results: dict[str, Any], meta: dict[str, Any]) -> str:
         "- Versions: " + ", ".join(f"{k} {val}" for k, val in v.items()) + ".",
         "- Durations used: " + _durations(plan) + ".",
         *([f"- **Incomplete**: not run yet: {', '.join(meta['missing'])}."] if meta.get("missing") else []),
+        *([f"- Note: {meta['note']}"] if meta.get("note") else []),
         "",
         "## How each figure is measured",
         "",
