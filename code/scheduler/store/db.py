@@ -8,6 +8,8 @@ on `busy_timeout` instead of failing half-way with 'database is locked'.
 from __future__ import annotations
 
 import logging
+import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -72,9 +74,9 @@ class Database:
             # Let SQLAlchemy issue BEGIN itself (below): pysqlite's own BEGIN is deferred.
             dbapi_connection.isolation_level = None
             cursor = dbapi_connection.cursor()
-            cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.execute(f"PRAGMA busy_timeout={busy_timeout_ms}")
+            _enable_wal(cursor, busy_timeout_ms / 1000)
+            cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.close()
 
@@ -138,6 +140,20 @@ class Database:
                 cfg.set_main_option("script_location", str(MIGRATIONS))
                 cfg.attributes["connection"] = conn
                 command.upgrade(cfg, "head")
+
+
+def _enable_wal(cursor: Any, timeout: float) -> None:
+    """Switch to WAL. Two processes opening a new file at once can find it locked while
+    the other switches, and SQLite does not wait on its busy handler for that: retry."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)  # no event to wait on: the lock is in another process
 
 
 def _normalise(url: str) -> str:
