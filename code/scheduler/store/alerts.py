@@ -22,7 +22,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from scheduler.store.db import Database
+from scheduler.store.db import Database, upsert_insert
 from scheduler.store.history import RunRow
 from scheduler.store.schema import incidents, outbox, runs
 
@@ -117,7 +117,7 @@ class AlertRepository:
         lost race is not an error and queues nothing.
         """
         with self.db.write() as conn:
-            stmt = _insert(conn, incidents).on_conflict_do_nothing(
+            stmt = upsert_insert(conn.dialect.name, incidents).on_conflict_do_nothing(
                 index_elements=["subject", "kind"], index_where=incidents.c.closed_at.is_(None)
             )
             row = conn.execute(
@@ -418,13 +418,3 @@ def _held(notice_id: int, worker: str) -> tuple[sa.ColumnElement[bool], ...]:
 
 def _as_utc(at: datetime) -> datetime:
     return at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
-
-
-def _insert(conn: sa.Connection, table: sa.Table) -> Any:
-    if conn.dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as pg_insert
-
-        return pg_insert(table)
-    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-
-    return sqlite_insert(table)

@@ -8,7 +8,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from scheduler.store.db import Database
+from scheduler.store.db import Database, upsert_insert
 from scheduler.store.schema import instances, leases
 
 LEADER = "leader"
@@ -152,7 +152,11 @@ class ClusterRepository:
         with the term they were decided under.
         """
         with self.db.write() as conn:
-            conn.execute(_insert_ignore(conn, name))
+            conn.execute(
+                upsert_insert(conn.dialect.name, leases)
+                .values(name=name, term=0)
+                .on_conflict_do_nothing(index_elements=["name"])
+            )
             same = leases.c.holder == holder
             result = conn.execute(
                 leases.update()
@@ -185,13 +189,3 @@ class ClusterRepository:
         if row is None:
             return None
         return LeaseRow(row.name, row.holder, row.term, row.acquired_at, row.expires_at)
-
-
-def _insert_ignore(conn: sa.Connection, name: str) -> Any:
-    if conn.dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as pg_insert
-
-        return pg_insert(leases).values(name=name, term=0).on_conflict_do_nothing(index_elements=["name"])
-    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-
-    return sqlite_insert(leases).values(name=name, term=0).on_conflict_do_nothing(index_elements=["name"])

@@ -142,6 +142,17 @@ class Database:
                 command.upgrade(cfg, "head")
 
 
+def upsert_insert(dialect: str, table: sa.Table) -> Any:
+    """An INSERT that takes ON CONFLICT clauses, on PostgreSQL or SQLite."""
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        return pg_insert(table)
+    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+    return sqlite_insert(table)
+
+
 def _enable_wal(cursor: Any, timeout: float) -> None:
     """Switch to WAL. Two processes opening a new file at once can find it locked while
     the other switches, and SQLite does not wait on its busy handler for that: retry."""

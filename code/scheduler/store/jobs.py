@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from scheduler.errors import NotFoundError
 from scheduler.registry import JobSpec
 from scheduler.schedules import CronSchedule, IntervalSchedule, Schedule
-from scheduler.store.db import Database
+from scheduler.store.db import Database, upsert_insert
 from scheduler.store.schema import audit, jobs
 
 # Overrides written by one instance are read by others through `changed_since`;
@@ -101,7 +101,7 @@ class JobRepository:
             changed = [s for s in specs if s.name in existing and existing[s.name] != s.definition()]
             if new:
                 conn.execute(
-                    _insert_ignore(conn),
+                    upsert_insert(conn.dialect.name, jobs).on_conflict_do_nothing(index_elements=["name"]),
                     [
                         {
                             "name": s.name,
@@ -201,13 +201,3 @@ class JobRepository:
             query = query.where(audit.c.job == job)
         with self.db.read() as conn:
             return [AuditEntry(r.at, r.actor, r.action, r.job, dict(r.details)) for r in conn.execute(query)]
-
-
-def _insert_ignore(conn: sa.Connection) -> Any:
-    if conn.dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as pg_insert
-
-        return pg_insert(jobs).on_conflict_do_nothing(index_elements=["name"])
-    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-
-    return sqlite_insert(jobs).on_conflict_do_nothing(index_elements=["name"])

@@ -17,7 +17,7 @@ import sqlalchemy as sa
 
 from scheduler.errors import StoreError
 from scheduler.store.cluster import LeaderFence
-from scheduler.store.db import Database
+from scheduler.store.db import Database, upsert_insert
 from scheduler.store.history import RunReads, RunRow
 from scheduler.store.schema import jobs, runs
 
@@ -161,7 +161,8 @@ class RunRepository(RunReads):
         with self.db.write() as conn:
             for nudge in range(1000):
                 slot = now + timedelta(microseconds=nudge)
-                stmt = _insert(conn).on_conflict_do_nothing(index_elements=["job", "scheduled_for"])
+                stmt = upsert_insert(conn.dialect.name, runs)
+                stmt = stmt.on_conflict_do_nothing(index_elements=["job", "scheduled_for"])
                 row = conn.execute(
                     stmt.values(
                         job=job,
@@ -353,16 +354,6 @@ class RunRepository(RunReads):
             return int(result.rowcount)
 
 
-def _insert(conn: sa.Connection) -> Any:
-    if conn.dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as pg_insert
-
-        return pg_insert(runs)
-    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-
-    return sqlite_insert(runs)
-
-
 # Statements run on every tick or poll are built once: building and keying one
 # costs about as much CPU as executing it.
 _NAMES: sa.BindParameter[Any] = sa.bindparam("names", expanding=True)
@@ -376,15 +367,7 @@ _CLAIM_INSERTS: dict[str, Any] = {}
 def _claim_insert(dialect: str) -> Any:
     """INSERT ... ON CONFLICT DO NOTHING RETURNING for claims, built once per dialect."""
     if dialect not in _CLAIM_INSERTS:
-        if dialect == "postgresql":
-            from sqlalchemy.dialects.postgresql import insert as pg_insert
-
-            stmt: Any = pg_insert(runs)
-        else:
-            from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-
-            stmt = sqlite_insert(runs)
-        stmt = stmt.on_conflict_do_nothing(index_elements=["job", "scheduled_for"])
+        stmt = upsert_insert(dialect, runs).on_conflict_do_nothing(index_elements=["job", "scheduled_for"])
         returning = (runs.c.id, runs.c.job, runs.c.scheduled_for, runs.c.status, runs.c.trigger)
         _CLAIM_INSERTS[dialect] = stmt.returning(*returning)
     return _CLAIM_INSERTS[dialect]
