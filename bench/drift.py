@@ -43,7 +43,7 @@ def run(params: dict[str, Any]) -> dict[str, Any]:
 
 def _ours(p: dict[str, Any]) -> list[float]:
     import sqlalchemy as sa
-    from scheduler.service import Service
+    from scheduler.daemon.service import Service
     from scheduler.store import Store
     from scheduler.store.schema import runs
 

@@ -53,7 +53,7 @@ def _measure(next_burst: float, quiet: float) -> dict[str, float]:
 
 
 def _ours(p: dict[str, Any]) -> dict[str, Any]:
-    from scheduler.service import Service
+    from scheduler.daemon.service import Service
 
     with tempfile.TemporaryDirectory(prefix="bench-idle-") as tmp:
         base = Path(tmp)

@@ -61,7 +61,7 @@ def count_slots(anchor: float, interval: float, begin: float, end: float) -> int
 
 
 def run_ours(p: dict[str, Any]) -> dict[str, Any]:
-    from scheduler.service import Service
+    from scheduler.daemon.service import Service
 
     with tempfile.TemporaryDirectory(prefix="bench-lateness-") as tmp:
         base = Path(tmp)
@@ -106,7 +106,7 @@ def run_ours(p: dict[str, Any]) -> dict[str, Any]:
 
 def _read_runs(url: str, begin: datetime, end: datetime) -> tuple[list[dict[str, Any]], int]:
     import sqlalchemy as sa
-    from scheduler.schedules import slots_between
+    from scheduler.jobs.schedules import slots_between
     from scheduler.store import Store
     from scheduler.store.schema import runs
 

@@ -47,7 +47,7 @@ def run(params: dict[str, Any]) -> dict[str, Any]:
 
 
 def _ours_startup(p: dict[str, Any]) -> dict[str, Any]:
-    from scheduler.service import Service
+    from scheduler.daemon.service import Service
     from scheduler.store import Store
 
     with tempfile.TemporaryDirectory(prefix="bench-startup-") as tmp:
@@ -110,7 +110,7 @@ def _aps_startup(p: dict[str, Any]) -> dict[str, Any]:
 
 def _cron(p: dict[str, Any]) -> dict[str, dict[str, float]]:
     from apscheduler.triggers.cron import CronTrigger
-    from scheduler.schedules import CronSchedule
+    from scheduler.jobs.schedules import CronSchedule
 
     rates: dict[str, dict[str, float]] = {}
     start = datetime(2026, 3, 1, tzinfo=UTC)

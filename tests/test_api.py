@@ -18,14 +18,15 @@ from typing import Any
 import pytest
 from jsonschema import Draft202012Validator
 from openapi_spec_validator import validate as validate_spec
-from scheduler import commands, control
-from scheduler.api import MAX_BODY, Api, HttpServer
+from scheduler import control
 from scheduler.clock import FakeClock
-from scheduler.health import Health
-from scheduler.metrics import Metrics
-from scheduler.registry import make_spec
+from scheduler.cluster.health import Health
+from scheduler.jobs.registry import make_spec
+from scheduler.operator import cli as commands
+from scheduler.operator.http import MAX_BODY, Api, HttpServer
+from scheduler.operator.metrics import Metrics
+from scheduler.operator.web import openapi
 from scheduler.store import Claim, InstanceRow, Outcome, Owner, Store
-from scheduler.web import openapi
 
 TOKEN = "t0ken-for-tests"
 OWNER = Owner("inst-a", "host-a", 4242)

@@ -12,9 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from scheduler import commands, control, views
+from scheduler import control
 from scheduler.clock import FakeClock
-from scheduler.registry import JobSpec, make_spec
+from scheduler.jobs.registry import JobSpec, make_spec
+from scheduler.operator import cli as commands
+from scheduler.operator import queries as views
 from scheduler.store import Claim, InstanceRow, Outcome, Owner, Store
 from scheduler.store.cluster import LEADER
 

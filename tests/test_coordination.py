@@ -17,13 +17,13 @@ from datetime import datetime, timedelta
 
 import pytest
 from scheduler.clock import FakeClock
+from scheduler.cluster.coordination import Coordinator
+from scheduler.cluster.health import Health
 from scheduler.config import Settings
-from scheduler.coordination import Coordinator
-from scheduler.dispatcher import DEFER_LIMIT, Dispatcher
+from scheduler.engine.dispatcher import DEFER_LIMIT, Dispatcher
+from scheduler.engine.runner import Runner
 from scheduler.errors import AlreadyRunningError
-from scheduler.health import Health
-from scheduler.registry import make_spec
-from scheduler.runner import Runner
+from scheduler.jobs.registry import make_spec
 from scheduler.store import Claim, Outcome, Owner, Store
 from scheduler.store.cluster import LEADER
 

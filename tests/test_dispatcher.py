@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 from scheduler.clock import FakeClock
-from scheduler.dispatcher import Dispatcher
-from scheduler.health import Health
-from scheduler.registry import JobSpec, make_spec
-from scheduler.runner import JobContext, Runner
+from scheduler.cluster.health import Health
+from scheduler.engine.dispatcher import Dispatcher
+from scheduler.engine.runner import JobContext, Runner
+from scheduler.jobs.registry import JobSpec, make_spec
 from scheduler.store import Claimed, Outcome, Owner, RunRow, Store
 
 START = datetime(2026, 3, 1, 11, 59, 59, tzinfo=UTC)

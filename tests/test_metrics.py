@@ -14,11 +14,11 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from scheduler import config
 from scheduler.clock import FakeClock
-from scheduler.health import Health
-from scheduler.metrics import Metrics
-from scheduler.registry import make_spec
-from scheduler.runner import ActiveRun, JobContext
-from scheduler.service import Service
+from scheduler.cluster.health import Health
+from scheduler.daemon.service import Service
+from scheduler.engine.runner import ActiveRun, JobContext
+from scheduler.jobs.registry import make_spec
+from scheduler.operator.metrics import Metrics
 from scheduler.store import Claim, Claimed, InstanceRow, Outcome, Owner, Store
 
 from tests.conftest import wait_until

@@ -12,7 +12,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
-from scheduler.notify import (
+from scheduler.alerting.slack import (
     KINDS,
     Alert,
     Delivery,

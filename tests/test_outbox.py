@@ -9,9 +9,9 @@ import threading
 from datetime import timedelta
 
 import pytest
+from scheduler.alerting.outbox import BASE_BACKOFF, CLAIM_HOLD, GIVE_UP_AFTER, OutboxSender, backoff
+from scheduler.alerting.slack import Alert, build_payload, make_notifier
 from scheduler.clock import FakeClock
-from scheduler.notify import Alert, build_payload, make_notifier
-from scheduler.outbox import BASE_BACKOFF, CLAIM_HOLD, GIVE_UP_AFTER, OutboxSender, backoff
 from scheduler.store import Store
 from scheduler.store.alerts import IncidentRow
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from scheduler.clock import FakeClock, SystemClock
-from scheduler.recorder import BATCH, Recorder
+from scheduler.engine.recorder import BATCH, Recorder
 from scheduler.store import Claim, Outcome, Owner, Store
 
 from tests.conftest import wait_until
@@ -175,7 +175,7 @@ def test_outcomes_are_kept_while_the_database_is_away_and_written_when_it_answer
 def test_a_nudge_ends_the_backoff_when_the_database_is_seen_again(
     pg_url: str, pg_store: Store, proxy: TcpProxy, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("scheduler.recorder.MIN_BACKOFF", 60.0)  # a retry would come only in a minute
+    monkeypatch.setattr("scheduler.engine.recorder.MIN_BACKOFF", 60.0)  # a retry would come only in a minute
     runs = claim_runs(pg_store, 3)
     via_proxy = Store(proxy.url_for(pg_url))
     health = HealthLog()

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 from scheduler.errors import JobDefinitionError
-from scheduler.registry import JobSpec, job, load_jobs, make_spec
-from scheduler.schedules import CronSchedule, IntervalSchedule
+from scheduler.jobs.registry import JobSpec, job, load_jobs, make_spec
+from scheduler.jobs.schedules import CronSchedule, IntervalSchedule
 
 ANCHOR = datetime(2026, 3, 1, 12, tzinfo=UTC)
 

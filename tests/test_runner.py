@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from scheduler import runlog
 from scheduler.clock import FakeClock
-from scheduler.registry import JobSpec, make_spec
-from scheduler.runner import ActiveRun, JobContext, Runner
+from scheduler.engine import runlog
+from scheduler.engine.runner import ActiveRun, JobContext, Runner
+from scheduler.jobs.registry import JobSpec, make_spec
 from scheduler.store import Claim, Claimed, Outcome, Owner, RunRow, Store
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)

@@ -7,7 +7,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 from scheduler.errors import JobDefinitionError
-from scheduler.schedules import (
+from scheduler.jobs.schedules import (
     CronSchedule,
     IntervalSchedule,
     format_interval,

@@ -10,8 +10,8 @@ import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from scheduler.errors import JobDefinitionError, NotFoundError, StoreError, StoreUnavailable
-from scheduler.registry import JobSpec, make_spec
-from scheduler.schedules import CronSchedule, IntervalSchedule
+from scheduler.jobs.registry import JobSpec, make_spec
+from scheduler.jobs.schedules import CronSchedule, IntervalSchedule
 from scheduler.store import Claim, Outcome, Owner, RunRow, Store
 from scheduler.store.schema import metadata
 

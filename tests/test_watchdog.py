@@ -16,16 +16,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from scheduler.alerting.findings import Finding, grace_for, lateness
+from scheduler.alerting.watchdog import Watchdog, list_incidents, plan, send_test
 from scheduler.clock import FakeClock
+from scheduler.cluster.health import Health
 from scheduler.config import Settings
+from scheduler.daemon.service import Service
 from scheduler.errors import SchedulerError
-from scheduler.findings import Finding, grace_for, lateness
-from scheduler.health import Health
-from scheduler.registry import make_spec
-from scheduler.service import Service
+from scheduler.jobs.registry import make_spec
 from scheduler.store import Claim, Claimed, InstanceRow, JobRow, Outcome, Owner, Store
 from scheduler.store.alerts import IncidentRow
-from scheduler.watchdog import Watchdog, list_incidents, plan, send_test
 
 from tests.fakeslack import FakeSlack, fake_slack_fixture  # noqa: F401
 from tests.system.tcpproxy import TcpProxy

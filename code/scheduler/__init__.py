@@ -13,7 +13,7 @@ from __future__ import annotations
 
 __version__ = "1.0.0"
 
-from scheduler.registry import JobSpec, job
-from scheduler.runner import JobContext
+from scheduler.engine.runner import JobContext
+from scheduler.jobs.registry import JobSpec, job
 
 __all__ = ["JobContext", "JobSpec", "__version__", "job"]

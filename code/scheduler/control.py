@@ -8,14 +8,15 @@ codes: 0 ok; 1 failure; 2 invalid configuration or usage; 3 not running
 
 from __future__ import annotations
 
+import os.path
 import sys
-from pathlib import Path
 
 if __package__ in (None, ""):
-    # Run as a script: import the package, not the sibling modules, by their names.
-    _here = str(Path(__file__).resolve().parent)
-    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(_here)]
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    # Run as a script: sys.path[0] is this folder, whose subpackages (operator/, daemon/, jobs/)
+    # would shadow the standard library and python-daemon. Drop it before any other import.
+    _here = os.path.dirname(os.path.realpath(__file__))
+    sys.path[:] = [p for p in sys.path if os.path.realpath(p or ".") != _here]
+    sys.path.insert(0, os.path.dirname(_here))
 
 import argparse
 import logging
@@ -23,12 +24,13 @@ import os
 import signal
 import threading
 import time
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
 from scheduler import config as config_module
-from scheduler import pidfile
 from scheduler.config import Settings
+from scheduler.daemon import pidfile
 from scheduler.errors import ConfigError, SchedulerError
 
 EXIT_OK, EXIT_FAIL, EXIT_CONFIG, EXIT_NOT_RUNNING = 0, 1, 2, 3
@@ -73,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         sub.add_parser(name, help=text).set_defaults(handler=handler)
     try:
-        from scheduler import commands
+        from scheduler.operator import cli as commands
     except ImportError:  # the operator commands are optional for the daemon itself
         return parser
     commands.register(sub)
@@ -168,8 +170,8 @@ def _tell(fd: int | None, message: str) -> None:
 
 
 def _serve(settings: Settings, *, stderr: bool, ready_fd: int | None = None) -> int:
-    from scheduler import logsetup
-    from scheduler.service import Service
+    from scheduler.daemon import logsetup
+    from scheduler.daemon.service import Service
 
     log_path = logsetup.configure(
         settings.log_dir, settings.log_level, settings.log_max_bytes, settings.log_backups, stderr=stderr
@@ -238,7 +240,7 @@ def cmd_status(settings: Settings, _args: argparse.Namespace) -> int:
 
 
 def cmd_check(settings: Settings, _args: argparse.Namespace) -> int:
-    from scheduler.registry import load_jobs
+    from scheduler.jobs.registry import load_jobs
     from scheduler.store import Store
 
     result = load_jobs(settings.jobs_path)

@@ -39,7 +39,7 @@ __all__ = ["CONTROL", "REPO", "Daemon", "Sandbox", "process_gone", "query", "run
 
 REPO = Path(__file__).resolve().parents[2]
 CONTROL = REPO / "code" / "scheduler" / "control.py"
-READY = "scheduler.service: started instance"  # logged once the daemon runs
+READY = "scheduler.daemon.service: started instance"  # logged once the daemon runs
 # Settings every sandbox gets unless a test overrides them: short enough to keep tests quick.
 DEFAULTS = {"grace_period": "10s", "heartbeat": "1s", "lease_ttl": "5s", "log_level": "INFO"}
 

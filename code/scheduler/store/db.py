@@ -27,7 +27,7 @@ from scheduler.errors import StoreError, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
-MIGRATIONS = Path(__file__).resolve().parents[1] / "migrations"
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 _MIGRATION_LOCK = 7_210_425  # pg_advisory_xact_lock key: one migrator at a time
 
 

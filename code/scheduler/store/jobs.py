@@ -10,8 +10,8 @@ from typing import Any
 import sqlalchemy as sa
 
 from scheduler.errors import NotFoundError
-from scheduler.registry import JobSpec
-from scheduler.schedules import CronSchedule, IntervalSchedule, Schedule
+from scheduler.jobs.registry import JobSpec
+from scheduler.jobs.schedules import CronSchedule, IntervalSchedule, Schedule
 from scheduler.store.db import Database, upsert_insert
 from scheduler.store.schema import audit, jobs
 

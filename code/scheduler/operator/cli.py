@@ -17,10 +17,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from scheduler import views
 from scheduler.clock import SystemClock
 from scheduler.config import Settings
 from scheduler.errors import JobDefinitionError, StoreError
+from scheduler.operator import queries as views
 from scheduler.store import Store
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2

@@ -21,10 +21,10 @@ from datetime import datetime, timedelta
 
 from scheduler import __version__
 from scheduler.clock import Clock
+from scheduler.cluster.health import Health
 from scheduler.config import Settings
+from scheduler.daemon.pidfile import process_alive
 from scheduler.errors import AlreadyRunningError, SchedulerError
-from scheduler.health import Health
-from scheduler.pidfile import process_alive
 from scheduler.store import InstanceRow, Owner, Store
 from scheduler.store.cluster import LEADER, LeaderFence
 

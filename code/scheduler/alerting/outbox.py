@@ -18,8 +18,8 @@ from __future__ import annotations
 import logging
 from datetime import datetime, timedelta
 
+from scheduler.alerting.slack import Notifier, TransportError
 from scheduler.clock import Clock
-from scheduler.notify import Notifier, TransportError
 from scheduler.store import Store
 from scheduler.store.alerts import ClaimedNotice
 

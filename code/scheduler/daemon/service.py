@@ -16,19 +16,19 @@ from datetime import datetime
 from pathlib import Path
 
 from scheduler import config as config_module
-from scheduler.api import Api, HttpServer
+from scheduler.alerting.watchdog import Watchdog
 from scheduler.clock import Clock, SystemClock
+from scheduler.cluster.coordination import Coordinator, pid_alive
+from scheduler.cluster.health import Health
 from scheduler.config import Settings
-from scheduler.coordination import Coordinator, pid_alive
-from scheduler.dispatcher import Dispatcher
+from scheduler.engine.dispatcher import Dispatcher
+from scheduler.engine.recorder import Recorder
+from scheduler.engine.runner import ActiveRun, Runner
 from scheduler.errors import SchedulerError
-from scheduler.health import Health
-from scheduler.metrics import Metrics
-from scheduler.recorder import Recorder
-from scheduler.registry import JobSpec, LoadProblem, load_jobs
-from scheduler.runner import ActiveRun, Runner
+from scheduler.jobs.registry import JobSpec, LoadProblem, load_jobs
+from scheduler.operator.http import Api, HttpServer
+from scheduler.operator.metrics import Metrics
 from scheduler.store import Claimed, Owner, Store
-from scheduler.watchdog import Watchdog
 
 log = logging.getLogger(__name__)
 
@@ -184,7 +184,7 @@ class Service:
         """SIGHUP: re-import job modules and re-read the log level."""
         try:
             fresh = config_module.load()
-            from scheduler.logsetup import set_level
+            from scheduler.daemon.logsetup import set_level
 
             set_level(fresh.log_level)
             self._load_jobs(self.clock.now())

@@ -16,11 +16,12 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from scheduler import __version__, views
+from scheduler import __version__
 from scheduler.clock import Clock
+from scheduler.cluster.health import Health
+from scheduler.engine.runner import ActiveRun
 from scheduler.errors import SchedulerError
-from scheduler.health import Health
-from scheduler.runner import ActiveRun
+from scheduler.operator import queries as views
 from scheduler.store import Store
 
 log = logging.getLogger(__name__)

@@ -15,9 +15,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from scheduler import runlog
 from scheduler.clock import Clock
-from scheduler.registry import JobSpec
+from scheduler.engine import runlog
+from scheduler.jobs.registry import JobSpec
 from scheduler.store import Claimed, Outcome
 
 log = logging.getLogger(__name__)

@@ -7,7 +7,7 @@ import logging.handlers
 import sys
 from pathlib import Path
 
-from scheduler import runlog
+from scheduler.engine import runlog
 
 FORMAT = "%(asctime)s %(levelname)s [%(threadName)s] %(name)s: %(message)s"
 

@@ -21,7 +21,7 @@ from types import ModuleType
 from typing import Any, Literal
 
 from scheduler.errors import JobDefinitionError
-from scheduler.schedules import CronSchedule, IntervalSchedule, Schedule, parse_timezone
+from scheduler.jobs.schedules import CronSchedule, IntervalSchedule, Schedule, parse_timezone
 
 log = logging.getLogger(__name__)
 

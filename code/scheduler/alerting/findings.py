@@ -20,8 +20,8 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from scheduler.notify import format_utc
-from scheduler.schedules import Schedule, format_interval
+from scheduler.alerting.slack import format_utc
+from scheduler.jobs.schedules import Schedule, format_interval
 from scheduler.store import InstanceRow, JobRow
 from scheduler.store.alerts import Activity
 from scheduler.store.history import RunRow

@@ -11,7 +11,7 @@ from datetime import datetime
 from html import escape
 from typing import Any
 
-from scheduler.health import HealthReport
+from scheduler.cluster.health import HealthReport
 
 STATUS_CLASS = {
     "succeeded": "ok",

@@ -1,6 +1,6 @@
 """The OpenAPI 3.1 document of the JSON API, served at /api/openapi.json.
 
-The shapes are those of `scheduler.views`; a test checks that every route of
+The shapes are those of `scheduler.operator.queries`; a test checks that every route of
 `api.Api` is described here and nothing else.
 """
 

@@ -24,13 +24,21 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from scheduler.alerting.findings import (
+    MAX_STREAK,
+    SCHEDULER,
+    Finding,
+    Snapshot,
+    detect_jobs,
+    no_instance,
+    span,
+)
+from scheduler.alerting.outbox import OutboxSender
+from scheduler.alerting.slack import Alert, Notifier, TransportError, build_payload, make_notifier
 from scheduler.clock import Clock, SystemClock
+from scheduler.cluster.health import Health
 from scheduler.config import Settings
 from scheduler.errors import SchedulerError
-from scheduler.findings import MAX_STREAK, SCHEDULER, Finding, Snapshot, detect_jobs, no_instance, span
-from scheduler.health import Health
-from scheduler.notify import Alert, Notifier, TransportError, build_payload, make_notifier
-from scheduler.outbox import OutboxSender
 from scheduler.store import Store
 from scheduler.store.alerts import IncidentRow
 

@@ -73,7 +73,7 @@ _TRANSIENT_ERRORS = frozenset(
 # slack_sdk logs request URLs at DEBUG and failures with their text at ERROR;
 # for a webhook that text is the secret. This logger is outside the logging
 # tree, so no configuration can turn it on; send() reports failures itself.
-_SDK_LOG = logging.Logger("scheduler.notify.slack_sdk", level=logging.CRITICAL + 1)
+_SDK_LOG = logging.Logger("scheduler.alerting.slack.slack_sdk", level=logging.CRITICAL + 1)
 
 
 @dataclass(frozen=True)

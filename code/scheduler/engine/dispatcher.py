@@ -17,11 +17,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from scheduler.clock import Clock
+from scheduler.cluster.health import Health
+from scheduler.engine.runner import Runner
 from scheduler.errors import SchedulerError
-from scheduler.health import Health
-from scheduler.registry import JobSpec
-from scheduler.runner import Runner
-from scheduler.schedules import Schedule, recent_slots
+from scheduler.jobs.registry import JobSpec
+from scheduler.jobs.schedules import Schedule, recent_slots
 from scheduler.store import Claim, Claimed, JobRow, Owner, Store
 
 log = logging.getLogger(__name__)

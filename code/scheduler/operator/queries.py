@@ -20,7 +20,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from scheduler.errors import JobDefinitionError, SchedulerError
-from scheduler.schedules import CronSchedule, parse_interval
+from scheduler.jobs.schedules import CronSchedule, parse_interval
 from scheduler.store import AuditEntry, InstanceRow, JobRow, RunRow, Store
 from scheduler.store.cluster import LEADER
 
@@ -252,9 +252,9 @@ def watchdog_function(name: str) -> Any:
     Raises RefusedError if this build has no watchdog or it lacks `name`.
     """
     try:
-        watchdog = importlib.import_module("scheduler.watchdog")
+        watchdog = importlib.import_module("scheduler.alerting.watchdog")
     except ModuleNotFoundError as exc:
-        if exc.name != "scheduler.watchdog":
+        if exc.name != "scheduler.alerting.watchdog":
             raise
         raise RefusedError("the watchdog (alerts, notifications) is not part of this build") from None
     function = getattr(watchdog, name, None)

@@ -22,13 +22,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
-from scheduler import views
 from scheduler.clock import Clock
+from scheduler.cluster.health import Health
 from scheduler.errors import ConfigError, JobDefinitionError, NotFoundError, StoreUnavailable
-from scheduler.health import Health
-from scheduler.metrics import Metrics
+from scheduler.operator import queries as views
+from scheduler.operator.metrics import Metrics
+from scheduler.operator.web import dashboard, openapi
 from scheduler.store import Store
-from scheduler.web import dashboard, openapi
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""Findings, incidents, the outbox and Slack."""

@@ -1,0 +1,1 @@
+"""Membership, leases, the leader, the reaper, and health."""

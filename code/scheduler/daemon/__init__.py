@@ -1,0 +1,1 @@
+"""Service wiring and shutdown order, the pidfile, logging setup."""

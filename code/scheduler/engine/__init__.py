@@ -1,0 +1,1 @@
+"""Dispatching due slots, running them, capturing their logs and recording their ends."""

@@ -1,0 +1,1 @@
+"""Declaring jobs, discovering them, and their schedules."""
