@@ -21,7 +21,7 @@ from scheduler.jobs.registry import make_spec
 from scheduler.operator.metrics import Metrics
 from scheduler.store import Claim, Claimed, InstanceRow, Outcome, Owner, Store
 
-from tests.conftest import wait_until
+from tests.support.polling import wait_until
 
 OWNER = Owner("inst-a", "host-a", 4242)
 

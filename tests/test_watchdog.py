@@ -27,8 +27,8 @@ from scheduler.jobs.registry import make_spec
 from scheduler.store import Claim, Claimed, InstanceRow, JobRow, Outcome, Owner, Store
 from scheduler.store.alerts import IncidentRow
 
-from tests.fakeslack import FakeSlack, fake_slack_fixture  # noqa: F401
-from tests.system.tcpproxy import TcpProxy
+from tests.support.fakeslack import FakeSlack
+from tests.support.tcpproxy import TcpProxy
 
 TOKEN = "xoxb-222222222-watchdogTokenSecret"
 OWNER = Owner("inst-a", "node-a", 4242)
