@@ -16,7 +16,6 @@ from scheduler import control
 from scheduler.clock import FakeClock
 from scheduler.jobs.registry import JobSpec, make_spec
 from scheduler.operator import cli as commands
-from scheduler.operator import queries as views
 from scheduler.store import Claim, InstanceRow, Outcome, Owner, Store
 from scheduler.store.cluster import LEADER
 
@@ -198,7 +197,7 @@ def test_trigger_queues_a_manual_run_and_audits_the_user(
     code, out, _ = cli(url_of(world), "trigger", "etl.load", capsys=capsys)
     assert code == 0 and "no live instance loads etl.load" in out
     entry = world.jobs.audit_log("etl.load")[0]
-    assert (entry.action, entry.actor) == ("trigger", views.cli_actor())
+    assert (entry.action, entry.actor) == ("trigger", commands.cli_actor())
     assert entry.actor.endswith("@" + os.uname().nodename) and entry.details["run_id"] > run.id
 
 
@@ -239,7 +238,7 @@ def test_pause_resume_set_and_clear_write_the_audit_trail(
     assert job["schedule"] == "every 10m" and job["overridden"] is False
     entries = cli_json(url, "audit", "etl.load", capsys=capsys)
     assert [e["action"] for e in entries] == ["unset", "set", "set", "resume", "pause"]
-    assert {e["actor"] for e in entries} == {views.cli_actor()}
+    assert {e["actor"] for e in entries} == {commands.cli_actor()}
     assert entries[2]["details"] == {"override_cron": "0 6 * * 1-5", "override_timezone": "Europe/Paris"}
     code, out, _ = cli(url, "audit", capsys=capsys)
     assert code == 0 and out.splitlines()[0].split() == ["AT", "(UTC)", "ACTOR", "ACTION", "JOB", "DETAILS"]

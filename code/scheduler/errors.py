@@ -32,5 +32,9 @@ class NotFoundError(SchedulerError):
     """A named job or run does not exist."""
 
 
+class RefusedError(SchedulerError):
+    """The action is valid but cannot be done in the job's current state (HTTP 409)."""
+
+
 class AlreadyRunningError(SchedulerError):
     """Another daemon already holds the pidfile or the SQLite database."""

@@ -2,14 +2,16 @@
 
 Every command reads or writes the database directly, so it works whether or
 not a daemon runs, and prints an aligned table or, with `--json`, the same
-dicts the HTTP API returns (see `views`). Exit codes: 0 ok; 1 failure or not
+dicts the HTTP API returns (see `queries`). Exit codes: 0 ok; 1 failure or not
 found; 2 usage or an invalid value. Errors are one line on stderr.
 """
 
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
+import socket
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -19,13 +21,22 @@ from typing import Any
 
 from scheduler.clock import SystemClock
 from scheduler.config import Settings
-from scheduler.errors import JobDefinitionError, StoreError
-from scheduler.operator import queries as views
+from scheduler.errors import JobDefinitionError, RefusedError, StoreError
+from scheduler.operator import actions, queries
 from scheduler.store import Store
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 Handler = Callable[[Settings, argparse.Namespace], int]
 clock = SystemClock()
+
+
+def cli_actor() -> str:
+    """`user@host`, as written to the audit table for a command-line change."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown"
+    return f"{user}@{socket.gethostname()}"
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -44,7 +55,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("-n", type=_positive, default=5, help="how many slots (default 5)")
     p = add("history", cmd_history, "recent runs, newest first")
     p.add_argument("job", nargs="?")
-    p.add_argument("--status", choices=views.RUN_STATUSES)
+    p.add_argument("--status", choices=queries.RUN_STATUSES)
     p.add_argument("--limit", type=_positive, default=20)
     add("logs", cmd_logs, "the captured log and error of a run").add_argument("run_id", type=int)
     add("trigger", cmd_trigger, "queue one manual run of a job").add_argument("job")
@@ -89,7 +100,7 @@ def _guarded(handler: Handler) -> Handler:
         except JobDefinitionError as exc:
             print(f"error: {target}: {exc}", file=sys.stderr)
             return EXIT_USAGE
-        except views.RefusedError as exc:
+        except RefusedError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return EXIT_FAIL
 
@@ -121,7 +132,7 @@ def _print_json(data: Any) -> None:
 
 def cmd_jobs(settings: Settings, args: argparse.Namespace) -> int:
     with _open(settings) as store:
-        jobs = views.list_jobs(store, clock.now())
+        jobs = queries.list_jobs(store, clock.now())
     if args.json:
         _print_json(jobs)
         return EXIT_OK
@@ -144,7 +155,7 @@ def _next_cells(job: dict[str, Any]) -> list[str]:
 
 def cmd_show(settings: Settings, args: argparse.Namespace) -> int:
     with _open(settings) as store:
-        job = views.show_job(store, args.job, clock.now())
+        job = queries.show_job(store, args.job, clock.now())
     if args.json:
         _print_json(job)
         return EXIT_OK
@@ -173,7 +184,7 @@ def cmd_show(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_next(settings: Settings, args: argparse.Namespace) -> int:
     with _open(settings) as store:
-        data = views.next_slots(store, args.job, clock.now(), args.n)
+        data = queries.next_slots(store, args.job, clock.now(), args.n)
     if args.json:
         _print_json(data)
         return EXIT_OK
@@ -186,7 +197,7 @@ def cmd_next(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_history(settings: Settings, args: argparse.Namespace) -> int:
     with _open(settings) as store:
-        runs = views.list_runs(store, args.job, args.status, args.limit)
+        runs = queries.list_runs(store, args.job, args.status, args.limit)
     if args.json:
         _print_json(runs)
     else:
@@ -196,7 +207,7 @@ def cmd_history(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_logs(settings: Settings, args: argparse.Namespace) -> int:
     with _open(settings) as store:
-        run = views.show_run(store, args.run_id)
+        run = queries.show_run(store, args.run_id)
     if args.json:
         _print_json(run)
         return EXIT_OK
@@ -213,7 +224,7 @@ def cmd_logs(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_instances(settings: Settings, args: argparse.Namespace) -> int:
     with _open(settings) as store:
-        found = views.list_instances(store, clock.now())
+        found = queries.list_instances(store, clock.now())
     if args.json:
         _print_json(found)
         return EXIT_OK
@@ -237,7 +248,7 @@ def cmd_instances(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_alerts(settings: Settings, args: argparse.Namespace) -> int:
     with _open(settings) as store:
-        found = views.list_alerts(store, open_only=not args.all, limit=args.limit)
+        found = queries.list_alerts(store, open_only=not args.all, limit=args.limit)
     if args.json:
         _print_json(found)
         return EXIT_OK
@@ -259,7 +270,7 @@ def cmd_alerts(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_audit(settings: Settings, args: argparse.Namespace) -> int:
     with _open(settings) as store:
-        entries = views.list_audit(store, args.job, args.limit)
+        entries = queries.list_audit(store, args.job, args.limit)
     if args.json:
         _print_json(entries)
         return EXIT_OK
@@ -282,7 +293,7 @@ def cmd_audit(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_trigger(settings: Settings, args: argparse.Namespace) -> int:
     with _open(settings) as store:
-        result = views.trigger(store, args.job, views.cli_actor(), clock.now())
+        result = actions.trigger(store, args.job, cli_actor(), clock.now())
     if args.json:
         _print_json(result)
         return EXIT_OK
@@ -301,9 +312,9 @@ def cmd_resume(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _set_paused(settings: Settings, args: argparse.Namespace, paused: bool) -> int:
-    actor = views.cli_actor()
+    actor = cli_actor()
     with _open(settings) as store:
-        job = views.set_paused(store, args.job, paused, actor, clock.now())
+        job = actions.set_paused(store, args.job, paused, actor, clock.now())
     if args.json:
         _print_json(job)
     else:
@@ -312,9 +323,9 @@ def _set_paused(settings: Settings, args: argparse.Namespace, paused: bool) -> i
 
 
 def cmd_set(settings: Settings, args: argparse.Namespace) -> int:
-    actor = views.cli_actor()
+    actor = cli_actor()
     with _open(settings) as store:
-        job = views.set_schedule(
+        job = actions.set_schedule(
             store,
             args.job,
             actor,
@@ -334,9 +345,9 @@ def cmd_set(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_notify_test(settings: Settings, args: argparse.Namespace) -> int:
-    result = views.watchdog_function("send_test")(settings)
+    result = queries.watchdog_function("send_test")(settings)
     if args.json:
-        _print_json({"sent": True, "result": views.plain(result)})
+        _print_json({"sent": True, "result": queries.plain(result)})
     else:
         print("test notification sent" + (f": {result}" if result else ""))
     return EXIT_OK

@@ -24,8 +24,8 @@ from urllib.parse import parse_qs
 
 from scheduler.clock import Clock
 from scheduler.cluster.health import Health
-from scheduler.errors import ConfigError, JobDefinitionError, NotFoundError, StoreUnavailable
-from scheduler.operator import queries as views
+from scheduler.errors import ConfigError, JobDefinitionError, NotFoundError, RefusedError, StoreUnavailable
+from scheduler.operator import actions, queries
 from scheduler.operator.metrics import Metrics
 from scheduler.operator.web import dashboard, openapi
 from scheduler.store import Store
@@ -167,7 +167,7 @@ class Api:
             response = error(404, str(exc))
         except JobDefinitionError as exc:
             response = error(400, str(exc))
-        except views.RefusedError as exc:
+        except RefusedError as exc:
             response = error(409, str(exc))
         except StoreUnavailable as exc:
             response = error(503, str(exc))
@@ -231,33 +231,33 @@ class Api:
     # -- reading ------------------------------------------------------------------
 
     def jobs(self, request: Request) -> Response:
-        return reply(views.list_jobs(self.store, self.now()))
+        return reply(queries.list_jobs(self.store, self.now()))
 
     def job(self, request: Request) -> Response:
-        return reply(views.show_job(self.store, request.params["name"], self.now()))
+        return reply(queries.show_job(self.store, request.params["name"], self.now()))
 
     def next_slots(self, request: Request) -> Response:
         count = request.int_arg("n", 5)
-        return reply(views.next_slots(self.store, request.params["name"], self.now(), count))
+        return reply(queries.next_slots(self.store, request.params["name"], self.now(), count))
 
     def runs(self, request: Request) -> Response:
         limit = request.int_arg("limit", 50)
         return reply(
-            views.list_runs(self.store, request.arg("job") or None, request.arg("status") or None, limit)
+            queries.list_runs(self.store, request.arg("job") or None, request.arg("status") or None, limit)
         )
 
     def run(self, request: Request) -> Response:
-        return reply(views.show_run(self.store, _run_id(request)))
+        return reply(queries.show_run(self.store, _run_id(request)))
 
     def instances(self, request: Request) -> Response:
-        return reply(views.list_instances(self.store, self.now()))
+        return reply(queries.list_instances(self.store, self.now()))
 
     def alerts(self, request: Request) -> Response:
         open_only = request.arg("all") not in ("1", "true", "yes")
-        return reply(views.list_alerts(self.store, open_only, request.int_arg("limit", 50)))
+        return reply(queries.list_alerts(self.store, open_only, request.int_arg("limit", 50)))
 
     def audit(self, request: Request) -> Response:
-        return reply(views.list_audit(self.store, request.arg("job") or None, request.int_arg("limit", 50)))
+        return reply(queries.list_audit(self.store, request.arg("job") or None, request.int_arg("limit", 50)))
 
     def openapi(self, request: Request) -> Response:
         return reply(openapi.document())
@@ -269,19 +269,19 @@ class Api:
 
     def trigger(self, request: Request) -> Response:
         _no_fields(request.json_object())
-        result = views.trigger(self.store, request.params["name"], self.actor(request), self.now())
+        result = actions.trigger(self.store, request.params["name"], self.actor(request), self.now())
         return reply(result, 202)
 
     def pause(self, request: Request) -> Response:
         _no_fields(request.json_object())
         return reply(
-            views.set_paused(self.store, request.params["name"], True, self.actor(request), self.now())
+            actions.set_paused(self.store, request.params["name"], True, self.actor(request), self.now())
         )
 
     def resume(self, request: Request) -> Response:
         _no_fields(request.json_object())
         return reply(
-            views.set_paused(self.store, request.params["name"], False, self.actor(request), self.now())
+            actions.set_paused(self.store, request.params["name"], False, self.actor(request), self.now())
         )
 
     def schedule(self, request: Request) -> Response:
@@ -296,7 +296,7 @@ class Api:
                 raise HttpError(400, f"{name} must be a string")
         if not isinstance(body.get("clear", False), bool):
             raise HttpError(400, "clear must be true or false")
-        job = views.set_schedule(
+        job = actions.set_schedule(
             self.store,
             request.params["name"],
             self.actor(request),
@@ -331,13 +331,13 @@ class Api:
         now = self.now()
         try:
             try:
-                alerts: list[dict[str, Any]] | str = views.list_alerts(self.store, True, 20)
-            except views.RefusedError as exc:
+                alerts: list[dict[str, Any]] | str = queries.list_alerts(self.store, True, 20)
+            except RefusedError as exc:
                 alerts = str(exc)
             html = dashboard.render_page(
-                jobs=views.list_jobs(self.store, now),
-                runs=views.list_runs(self.store, limit=25),
-                instances=views.list_instances(self.store, now, limit=10),
+                jobs=queries.list_jobs(self.store, now),
+                runs=queries.list_runs(self.store, limit=25),
+                instances=queries.list_instances(self.store, now, limit=10),
                 alerts=alerts,
                 health=self.health.report(),
                 now=now,
@@ -348,7 +348,7 @@ class Api:
         return _html(html)
 
     def run_page(self, request: Request) -> Response:
-        return _html(dashboard.render_run(views.show_run(self.store, _run_id(request)), self.now()))
+        return _html(dashboard.render_run(queries.show_run(self.store, _run_id(request)), self.now()))
 
     def static(self, request: Request) -> Response:
         name = request.params["file"]

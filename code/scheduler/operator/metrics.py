@@ -21,7 +21,7 @@ from scheduler.clock import Clock
 from scheduler.cluster.health import Health
 from scheduler.engine.runner import ActiveRun
 from scheduler.errors import SchedulerError
-from scheduler.operator import queries as views
+from scheduler.operator import queries
 from scheduler.store import Store
 
 log = logging.getLogger(__name__)
@@ -128,7 +128,7 @@ class StateCollector(Collector):
         yield from families
 
     def _from_database(self, now: datetime) -> Iterator[Metric]:
-        jobs = views.list_jobs(self.store, now)
+        jobs = queries.list_jobs(self.store, now)
         states = GaugeMetricFamily("scheduler_jobs", "Known jobs, by state.", labels=["state"])
         counts = {"active": 0, "paused": 0, "disabled": 0}
         for job in jobs:
