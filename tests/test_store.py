@@ -124,7 +124,7 @@ def test_unreachable_postgres_is_transient_and_hides_the_password() -> None:
     try:
         assert "hunter2-pw" not in store.safe_url
         with pytest.raises(StoreUnavailable) as info:
-            store.db.ping()
+            store.jobs.all()
         assert "hunter2-pw" not in str(info.value)
     finally:
         store.dispose()

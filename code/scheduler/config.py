@@ -21,6 +21,8 @@ from scheduler.errors import ConfigError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ENV_PREFIX = "SCHEDULER_"
+# Never shown: masked in repr, and a bad value is reported without the value.
+SECRET_SETTINGS = ("api_token", "slack_token", "slack_webhook_url")
 
 
 @dataclass(frozen=True)
@@ -57,13 +59,26 @@ class Settings:
     def __repr__(self) -> str:
         shown = {f.name: getattr(self, f.name) for f in fields(self)}
         shown["database_url"] = redact_url(self.database_url)
-        for secret in ("api_token", "slack_token", "slack_webhook_url"):
+        for secret in SECRET_SETTINGS:
             shown[secret] = "***" if shown[secret] else ""
         return "Settings(" + ", ".join(f"{k}={v!r}" for k, v in shown.items()) + ")"
 
     @property
     def is_sqlite(self) -> bool:
         return self.database_url.startswith("sqlite")
+
+    @property
+    def sqlite_file(self) -> Path | None:
+        """The SQLite database file; None for PostgreSQL or an in-memory database."""
+        return sqlite_file(self.database_url)
+
+
+def sqlite_file(url: str) -> Path | None:
+    """The file of a `sqlite:///path` URL; None for another scheme or `:memory:`."""
+    if not url.startswith("sqlite"):
+        return None
+    path = url.split(":///", 1)[-1]
+    return Path(path) if path and path != ":memory:" else None
 
 
 def redact_url(url: str) -> str:
@@ -162,7 +177,7 @@ def _to_bool(raw: Any) -> bool:
 
 
 def _safe(name: str, message: str) -> str:
-    return "invalid value" if name in ("api_token", "slack_token", "slack_webhook_url") else message
+    return "invalid value" if name in SECRET_SETTINGS else message
 
 
 def _check(s: Settings) -> None:

@@ -249,7 +249,7 @@ def cmd_check(settings: Settings, _args: argparse.Namespace) -> int:
         print(f"ok    {spec.name}: {spec.describe()}{state}")
     for problem in result.problems:
         print(f"error {problem}")
-    sqlite_file = Path(settings.database_url.split(":///", 1)[-1]) if settings.is_sqlite else None
+    sqlite_file = settings.sqlite_file
     if sqlite_file is not None and not sqlite_file.exists():
         summary = f"{len(result.specs)} jobs, {len(result.problems)} problems"
         print(f"{summary}; database {settings.database_url} (not created yet: the daemon creates it)")

@@ -16,7 +16,7 @@ import logging
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from http.client import HTTPException
 from typing import Any, Protocol
 from urllib.parse import urlsplit
@@ -26,6 +26,7 @@ from slack_sdk.errors import SlackApiError, SlackClientError
 from slack_sdk.webhook import WebhookClient
 
 from scheduler.errors import SchedulerError
+from scheduler.humanize import span
 
 KINDS = ("delayed", "inactive", "failing", "overrunning", "broken", "instance", "database", "test")
 EVENTS = ("open", "recover", "realert", "test")
@@ -136,7 +137,8 @@ def _facts(alert: Alert, scoped: bool) -> list[tuple[str, str]]:
         ("Since", format_utc(alert.since)),
     ]
     if alert.event == "recover" and alert.at is not None:
-        facts.append(("Recovered", f"{format_utc(alert.at)} (after {_duration(alert.at - alert.since)})"))
+        lasted = span(max(0.0, (alert.at - alert.since).total_seconds()))
+        facts.append(("Recovered", f"{format_utc(alert.at)} (after {lasted})"))
     if alert.host:
         facts.append(("Host", alert.host))
     return facts
@@ -145,15 +147,6 @@ def _facts(alert: Alert, scoped: bool) -> list[tuple[str, str]]:
 def format_utc(instant: datetime) -> str:
     """'2026-11-25 08:00 UTC'."""
     return instant.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
-
-
-def _duration(span: timedelta) -> str:
-    seconds = max(0, int(span.total_seconds()))
-    days, rest = divmod(seconds, 86400)
-    hours, rest = divmod(rest, 3600)
-    minutes, seconds = divmod(rest, 60)
-    parts = [f"{n}{unit}" for n, unit in ((days, "d"), (hours, "h"), (minutes, "m")) if n]
-    return " ".join(parts[:2]) if parts else f"{seconds}s"
 
 
 def _field(label: str, value: str) -> dict[str, str]:

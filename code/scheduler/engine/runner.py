@@ -96,10 +96,6 @@ class Runner:
         with self._lock:
             return list(self._active.values())
 
-    def busy_jobs(self) -> set[str]:
-        with self._lock:
-            return {a.spec.name for a in self._active.values()}
-
     def check_deadlines(self) -> float | None:
         """Flag runs past their timeout (cooperative cancel); returns the next deadline."""
         now = self.clock.monotonic()

@@ -16,14 +16,14 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 from scheduler.clock import SystemClock
 from scheduler.config import Settings
 from scheduler.errors import JobDefinitionError, RefusedError, StoreError
+from scheduler.humanize import duration, short
 from scheduler.operator import actions, queries
-from scheduler.store import Store
+from scheduler.store import RUN_STATUSES, Store
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 Handler = Callable[[Settings, argparse.Namespace], int]
@@ -55,7 +55,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("-n", type=_positive, default=5, help="how many slots (default 5)")
     p = add("history", cmd_history, "recent runs, newest first")
     p.add_argument("job", nargs="?")
-    p.add_argument("--status", choices=queries.RUN_STATUSES)
+    p.add_argument("--status", choices=RUN_STATUSES)
     p.add_argument("--limit", type=_positive, default=20)
     add("logs", cmd_logs, "the captured log and error of a run").add_argument("run_id", type=int)
     add("trigger", cmd_trigger, "queue one manual run of a job").add_argument("job")
@@ -110,10 +110,9 @@ def _guarded(handler: Handler) -> Handler:
 @contextmanager
 def _open(settings: Settings, *, migrate: bool = False) -> Iterator[Store]:
     """The store, refusing a database with no schema (a wrong URL) unless migrating."""
-    if settings.is_sqlite and not migrate:
-        path = settings.database_url.split(":///", 1)[-1]
-        if path and path != ":memory:" and not Path(path).exists():
-            raise StoreError(f"database file {path} does not exist (start the daemon or run 'db upgrade')")
+    path = settings.sqlite_file
+    if path is not None and not migrate and not path.exists():
+        raise StoreError(f"database file {path} does not exist (start the daemon or run 'db upgrade')")
     store = Store(settings.database_url)
     try:
         if not migrate and store.db.current_revision() is None:
@@ -168,7 +167,7 @@ def cmd_show(settings: Settings, args: argparse.Namespace) -> int:
         ("state", "disabled in code" if not job["enabled"] else "paused" if job["paused"] else "active"),
         ("next run", " / ".join(_next_cells(job))),
         ("module", job["definition"].get("module", "-")),
-        ("timeout", _seconds(job["definition"].get("timeout_seconds"))),
+        ("timeout", duration(job["definition"].get("timeout_seconds"))),
         ("retries", str(job["definition"].get("retries", 0))),
         ("overlap", job["definition"].get("overlap", "-")),
         ("catch-up", job["definition"].get("catchup", "-")),
@@ -211,7 +210,7 @@ def cmd_logs(settings: Settings, args: argparse.Namespace) -> int:
     if args.json:
         _print_json(run)
         return EXIT_OK
-    took = f", {run['duration_seconds']:.3f}s" if run["duration_seconds"] is not None else ""
+    took = f", {duration(run['duration_seconds'])}" if run["duration_seconds"] is not None else ""
     print(f"run {run['id']} of {run['job']}: {run['status']} (slot {utc_time(run['scheduled_for'])}{took})")
     print("-- log" + (" (truncated)" if run["log_truncated"] else ""))
     print((run["log"] or "(nothing captured)").rstrip("\n"))
@@ -260,7 +259,7 @@ def cmd_alerts(settings: Settings, args: argparse.Namespace) -> int:
             str(i.get("subject", "")),
             utc_time(i.get("opened_at")),
             utc_time(i.get("closed_at")),
-            _short(str(i.get("summary", "")), 70),
+            short(str(i.get("summary", "")), 70),
         ]
         for i in found
     ]
@@ -390,8 +389,8 @@ def runs_table(runs: Sequence[dict[str, Any]]) -> str:
             r["trigger"],
             r["status"],
             str(r["attempt"]),
-            _seconds(r["duration_seconds"]),
-            _short(f"{r['error_type']}: {r['error_message']}", 60) if r["error_type"] else "",
+            duration(r["duration_seconds"]),
+            short(f"{r['error_type']}: {r['error_message']}", 60) if r["error_type"] else "",
         ]
         for r in runs
     ]
@@ -407,15 +406,6 @@ def utc_time(text: str | None) -> str:
     if not text:
         return "-"
     return f"{datetime.fromisoformat(text):%Y-%m-%d %H:%M:%S}Z"
-
-
-def _seconds(value: float | None) -> str:
-    return "-" if value is None else f"{value:.3f}s" if value < 60 else f"{value / 60:.1f}m"
-
-
-def _short(text: str, width: int) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def _yes(flag: bool) -> str:

@@ -20,10 +20,9 @@ from zoneinfo import ZoneInfo
 
 from scheduler.errors import JobDefinitionError, RefusedError
 from scheduler.jobs.schedules import CronSchedule
-from scheduler.store import AuditEntry, InstanceRow, JobRow, RunRow, Store
+from scheduler.store import RUN_STATUSES, AuditEntry, InstanceRow, JobRow, RunRow, Store
 from scheduler.store.cluster import LEADER
 
-RUN_STATUSES = ("queued", "running", "succeeded", "failed", "timed_out", "skipped", "missed", "abandoned")
 MAX_LIMIT = 1000
 MAX_SLOTS = 100
 

@@ -12,6 +12,7 @@ from scheduler.store.db import Database
 from scheduler.store.history import RunRow
 from scheduler.store.jobs import AuditEntry, JobRepository, JobRow
 from scheduler.store.runs import Claim, Claimed, Outcome, Owner, RunRepository
+from scheduler.store.schema import FINAL_STATUSES, RUN_STATUSES
 
 __all__ = [
     "AuditEntry",
@@ -19,11 +20,13 @@ __all__ = [
     "Claimed",
     "ClusterRepository",
     "Database",
+    "FINAL_STATUSES",
     "InstanceRow",
     "JobRow",
     "LeaseRow",
     "Outcome",
     "Owner",
+    "RUN_STATUSES",
     "RunRow",
     "Store",
 ]

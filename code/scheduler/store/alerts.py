@@ -17,14 +17,14 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
 
 from scheduler.store.db import Database, upsert_insert
 from scheduler.store.history import RunRow
-from scheduler.store.schema import incidents, outbox, runs
+from scheduler.store.schema import as_utc, incidents, outbox, runs
 
 OUTCOMES = ("succeeded", "failed", "timed_out")  # what counts toward a failure streak
 YIELD_EVERY = 50  # jobs read between two GIL hand-overs in `activity`
@@ -386,7 +386,7 @@ class AlertRepository:
                     older = conn.execute(self._outcomes, {"job": name, "n": depth})
                     outcomes = [RunRow.from_row(r) for r in older]
                 if started is not None:
-                    activity.last_started[name] = _as_utc(started)
+                    activity.last_started[name] = as_utc(started)
                 activity.outcomes[name] = outcomes
             running = conn.execute(sa.select(runs).where(runs.c.status == "running").order_by(runs.c.id))
             activity.running.extend(RunRow.from_row(r) for r in running)
@@ -414,7 +414,3 @@ class AlertRepository:
 
 def _held(notice_id: int, worker: str) -> tuple[sa.ColumnElement[bool], ...]:
     return (outbox.c.id == notice_id, outbox.c.claimed_by == worker, outbox.c.status == "pending")
-
-
-def _as_utc(at: datetime) -> datetime:
-    return at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)

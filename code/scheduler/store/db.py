@@ -22,7 +22,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import event, exc
 
-from scheduler.config import redact_url
+from scheduler.config import redact_url, sqlite_file
 from scheduler.errors import StoreError, StoreUnavailable
 
 log = logging.getLogger(__name__)
@@ -64,9 +64,9 @@ class Database:
                     " -c idle_in_transaction_session_timeout=5000",
                 },
             )
-        path = self.url.removeprefix("sqlite:///")
-        if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        path = sqlite_file(self.url)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
         engine = sa.create_engine(self.url, connect_args={"timeout": busy_timeout_ms / 1000})
 
         @event.listens_for(engine, "connect")
@@ -99,10 +99,6 @@ class Database:
             conn = raw.execution_options(scheduler_write=False)
             with conn.begin():
                 yield conn
-
-    def ping(self) -> None:
-        with self.read() as conn:
-            conn.execute(sa.text("SELECT 1"))
 
     def dispose(self) -> None:
         self.engine.dispose()

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
 
 from scheduler.errors import NotFoundError
 from scheduler.store.db import Database
-from scheduler.store.schema import runs
+from scheduler.store.schema import as_utc, runs
 
 
 @dataclass(frozen=True)
@@ -65,7 +65,7 @@ class RunReads:
                 .where(runs.c.trigger != "manual")
                 .group_by(runs.c.job)
             )
-            return {job: _aware(at) for job, at in conn.execute(query)}
+            return {job: as_utc(at) for job, at in conn.execute(query)}
 
     def get(self, run_id: int) -> RunRow:
         """Raises NotFoundError."""
@@ -95,7 +95,3 @@ class RunReads:
         with self.db.read() as conn:
             query = sa.select(runs.c.job, runs.c.status, sa.func.count()).group_by(runs.c.job, runs.c.status)
             return {(job, status): int(n) for job, status, n in conn.execute(query)}
-
-
-def _aware(at: datetime) -> datetime:
-    return at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)

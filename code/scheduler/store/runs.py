@@ -19,10 +19,9 @@ from scheduler.errors import StoreError
 from scheduler.store.cluster import LeaderFence
 from scheduler.store.db import Database, upsert_insert
 from scheduler.store.history import RunReads, RunRow
+from scheduler.store.schema import FINAL_STATUSES as FINAL
 from scheduler.store.schema import jobs, runs
 
-ACTIVE = ("running", "queued")
-FINAL = ("succeeded", "failed", "timed_out", "skipped", "missed", "abandoned")
 _CHUNK = 500
 
 

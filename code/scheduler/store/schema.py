@@ -16,6 +16,15 @@ metadata = sa.MetaData()
 
 BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
+# Every status a run row can have; a run in one of the FINAL_STATUSES has ended.
+RUN_STATUSES = ("queued", "running", "succeeded", "failed", "timed_out", "skipped", "missed", "abandoned")
+FINAL_STATUSES = RUN_STATUSES[2:]
+
+
+def as_utc(at: datetime) -> datetime:
+    """A datetime read outside a UTCDateTime column (an aggregate), as tz-aware UTC."""
+    return at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
+
 
 class UTCDateTime(sa.TypeDecorator[datetime]):
     """A tz-aware UTC datetime on every backend."""

@@ -12,6 +12,7 @@ from html import escape
 from typing import Any
 
 from scheduler.cluster.health import HealthReport
+from scheduler.humanize import duration, short, span
 
 STATUS_CLASS = {
     "succeeded": "ok",
@@ -71,8 +72,8 @@ def render_run(run: dict[str, Any], now: datetime) -> str:
         ("Attempt", str(run["attempt"])),
         ("Started", _utc(run["started_at"])),
         ("Finished", _utc(run["finished_at"])),
-        ("Duration", _duration(run["duration_seconds"])),
-        ("Lateness", _duration(run["lateness_seconds"])),
+        ("Duration", duration(run["duration_seconds"])),
+        ("Lateness", duration(run["lateness_seconds"])),
         ("Instance", escape(f"{run['instance'] or '-'} on {run['host'] or '-'} (pid {run['pid'] or '-'})")),
     ]
     facts = "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in rows)
@@ -137,8 +138,8 @@ def _runs(runs: list[dict[str, Any]], now: datetime) -> str:
             f'<tr data-run="{run["id"]}" data-job="{escape(run["job"])}"><td><a href="/runs/{run["id"]}">'
             f"#{run['id']}</a></td><td>{escape(run['job'])}</td><td>{_utc(run['scheduled_for'])}</td>"
             f"<td>{escape(run['trigger'])}</td><td>{_badge(run['status'])}</td>"
-            f"<td>{_duration(run['duration_seconds'])}</td>"
-            f'<td class="error" title="{escape(message)}">{escape(_short(message, 80))}</td></tr>'
+            f"<td>{duration(run['duration_seconds'])}</td>"
+            f'<td class="error" title="{escape(message)}">{escape(short(message, 80))}</td></tr>'
         )
     return f'<table id="runs">{head}{"".join(rows)}</table>'
 
@@ -236,37 +237,13 @@ def _utc(text: str | None) -> str:
     return "-" if not text else f"{datetime.fromisoformat(text):%Y-%m-%d %H:%M:%S}Z"
 
 
-def _span(seconds: float) -> str:
-    whole = int(abs(seconds))
-    if whole >= 86400:
-        return f"{whole // 86400}d {whole % 86400 // 3600}h"
-    if whole >= 3600:
-        return f"{whole // 3600}h {whole % 3600 // 60}m"
-    if whole >= 60:
-        return f"{whole // 60}m {whole % 60}s"
-    return f"{whole}s"
-
-
 def _until(text: str, now: datetime) -> str:
     delta = (datetime.fromisoformat(text) - now).total_seconds()
-    return f"in {_span(delta)}" if delta >= 0 else f"{_span(delta)} ago"
+    return f"in {span(delta)}" if delta >= 0 else f"{span(delta)} ago"
 
 
 def _ago(text: str | None, now: datetime) -> str:
     if not text:
         return "-"
     delta = (now - datetime.fromisoformat(text)).total_seconds()
-    return f"{_span(delta)} ago" if delta >= 0 else f"in {_span(delta)}"
-
-
-def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    return (
-        f"{seconds * 1000:.0f} ms" if seconds < 1 else _span(seconds) if seconds >= 60 else f"{seconds:.1f} s"
-    )
-
-
-def _short(text: str, width: int) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= width else text[: width - 1] + "…"
+    return f"{span(delta)} ago" if delta >= 0 else f"in {span(delta)}"

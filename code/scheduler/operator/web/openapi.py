@@ -9,8 +9,9 @@ from __future__ import annotations
 from typing import Any
 
 from scheduler import __version__
+from scheduler.store import RUN_STATUSES
 
-STATUSES = ["queued", "running", "succeeded", "failed", "timed_out", "skipped", "missed", "abandoned"]
+STATUSES = list(RUN_STATUSES)
 NULL_STRING = {"type": ["string", "null"]}
 NULL_TIME = {"type": ["string", "null"], "format": "date-time"}
 NULL_NUMBER = {"type": ["number", "null"]}
