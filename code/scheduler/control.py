@@ -74,10 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
         ("check", cmd_check, "validate settings and job modules"),
     ):
         sub.add_parser(name, help=text).set_defaults(handler=handler)
-    try:
-        from scheduler.operator import cli as commands
-    except ImportError:  # the operator commands are optional for the daemon itself
-        return parser
+    from scheduler.operator import cli as commands
+
     commands.register(sub)
     return parser
 

@@ -330,10 +330,7 @@ class Api:
     def page(self, request: Request) -> Response:
         now = self.now()
         try:
-            try:
-                alerts: list[dict[str, Any]] | str = queries.list_alerts(self.store, True, 20)
-            except RefusedError as exc:
-                alerts = str(exc)
+            alerts = queries.list_alerts(self.store, True, 20)
             html = dashboard.render_page(
                 jobs=queries.list_jobs(self.store, now),
                 runs=queries.list_runs(self.store, limit=25),

@@ -31,7 +31,7 @@ def render_page(
     jobs: list[dict[str, Any]],
     runs: list[dict[str, Any]],
     instances: list[dict[str, Any]],
-    alerts: list[dict[str, Any]] | str,
+    alerts: list[dict[str, Any]],
     health: HealthReport,
     now: datetime,
     writable: bool,
@@ -163,9 +163,7 @@ def _instances(instances: list[dict[str, Any]], now: datetime) -> str:
     return f'<table id="instances">{head}{"".join(rows)}</table>'
 
 
-def _alerts(alerts: list[dict[str, Any]] | str, now: datetime) -> str:
-    if isinstance(alerts, str):
-        return f'<p class="muted">{escape(alerts)}</p>'
+def _alerts(alerts: list[dict[str, Any]], now: datetime) -> str:
     if not alerts:
         return '<p class="muted">None. All quiet.</p>'
     items = "".join(

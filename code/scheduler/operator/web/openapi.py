@@ -30,7 +30,7 @@ ERRORS = {
     401: "Missing or wrong bearer token",
     403: "Writes are disabled (no API token configured)",
     404: "No such job or run",
-    409: "Refused in the job's current state (paused, disabled), or no watchdog in this build",
+    409: "Refused in the job's current state (paused, disabled)",
     413: "Request body too large",
     503: "The database is unavailable",
 }
