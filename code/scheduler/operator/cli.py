@@ -13,9 +13,8 @@ import getpass
 import json
 import socket
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import datetime
 from typing import Any
 
 from scheduler.clock import SystemClock
@@ -23,6 +22,7 @@ from scheduler.config import Settings
 from scheduler.errors import JobDefinitionError, RefusedError, StoreError
 from scheduler.humanize import duration, short
 from scheduler.operator import actions, queries
+from scheduler.operator.tables import local_time, runs_table, table, utc_time, yes
 from scheduler.store import RUN_STATUSES, Store
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
@@ -136,7 +136,7 @@ def cmd_jobs(settings: Settings, args: argparse.Namespace) -> int:
         _print_json(jobs)
         return EXIT_OK
     rows = [
-        [j["name"], j["schedule"], *_next_cells(j), j["last_status"] or "-", _yes(j["paused"])] for j in jobs
+        [j["name"], j["schedule"], *_next_cells(j), j["last_status"] or "-", yes(j["paused"])] for j in jobs
     ]
     print(table(["JOB", "SCHEDULE", "NEXT RUN (JOB ZONE)", "NEXT RUN (UTC)", "LAST", "PAUSED"], rows))
     return EXIT_OK
@@ -234,7 +234,7 @@ def cmd_instances(settings: Settings, args: argparse.Namespace) -> int:
             i["host"],
             str(i["pid"]),
             i["status"],
-            _yes(i["leader"]),
+            yes(i["leader"]),
             utc_time(i["heartbeat_at"]),
             str(len(i["jobs"])),
             str(len(i["problems"])),
@@ -364,49 +364,3 @@ def cmd_db(settings: Settings, args: argparse.Namespace) -> int:
         state = "up to date" if current == head else f"behind: run 'db upgrade' to reach {head}"
         print(f"database {url}: revision {current or '(none)'}, {state}")
     return EXIT_OK if current == head else EXIT_FAIL
-
-
-# -- formatting ---------------------------------------------------------------
-
-
-def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """Left-aligned columns two spaces apart, no trailing blanks."""
-    widths = [max(len(str(c)) for c in column) for column in zip(headers, *rows, strict=False)]
-    lines = [
-        "  ".join(f"{c:<{w}}" for c, w in zip(line, widths, strict=True)).rstrip()
-        for line in [headers, *rows]
-    ]
-    return "\n".join(lines)
-
-
-def runs_table(runs: Sequence[dict[str, Any]]) -> str:
-    headers = ["RUN", "JOB", "SLOT (UTC)", "TRIGGER", "STATUS", "TRY", "DURATION", "ERROR"]
-    rows = [
-        [
-            str(r["id"]),
-            r["job"],
-            utc_time(r["scheduled_for"]),
-            r["trigger"],
-            r["status"],
-            str(r["attempt"]),
-            duration(r["duration_seconds"]),
-            short(f"{r['error_type']}: {r['error_message']}", 60) if r["error_type"] else "",
-        ]
-        for r in runs
-    ]
-    return table(headers, rows)
-
-
-def local_time(slot: dict[str, Any]) -> str:
-    local = datetime.fromisoformat(slot["local"])
-    return f"{local:%Y-%m-%d %H:%M:%S} {slot['abbreviation']}"
-
-
-def utc_time(text: str | None) -> str:
-    if not text:
-        return "-"
-    return f"{datetime.fromisoformat(text):%Y-%m-%d %H:%M:%S}Z"
-
-
-def _yes(flag: bool) -> str:
-    return "yes" if flag else "no"

@@ -1,4 +1,4 @@
-"""The HTTP API, dashboard, /healthz and /metrics: one WSGI app, served by waitress in a thread.
+"""The HTTP API, dashboard, /healthz and /metrics: one WSGI app (served by `server.HttpServer`).
 
 Reads need no credentials (bind to 127.0.0.1, the default, or put a proxy in
 front). Writes need `Authorization: Bearer <api_token>`, compared in constant
@@ -13,7 +13,6 @@ import hmac
 import json
 import logging
 import re
-import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -24,7 +23,7 @@ from urllib.parse import parse_qs
 
 from scheduler.clock import Clock
 from scheduler.cluster.health import Health
-from scheduler.errors import ConfigError, JobDefinitionError, NotFoundError, RefusedError, StoreUnavailable
+from scheduler.errors import JobDefinitionError, NotFoundError, RefusedError, StoreUnavailable
 from scheduler.operator import actions, queries
 from scheduler.operator.metrics import Metrics
 from scheduler.operator.web import dashboard, openapi
@@ -369,52 +368,3 @@ def _run_id(request: Request) -> int:
 def _no_fields(body: dict[str, Any]) -> None:
     if body:
         raise HttpError(400, f"this action takes no fields; got {', '.join(sorted(body))}")
-
-
-# -- the server ---------------------------------------------------------------------
-
-
-class HttpServer:
-    """waitress in a thread of the daemon; `port=0` picks a free port (tests)."""
-
-    def __init__(self, app: Callable[..., Any], host: str, port: int, threads: int = 4) -> None:
-        import waitress
-
-        try:
-            self._server = waitress.create_server(
-                app,
-                host=host,
-                port=port,
-                threads=threads,
-                ident="scheduler",
-                clear_untrusted_proxy_headers=True,
-            )
-        except OSError as exc:
-            raise ConfigError(
-                f"SCHEDULER_HTTP_PORT: cannot listen on {host}:{port}: {exc.strerror}"
-            ) from None
-        self.host, self.port = self._server.effective_host, int(self._server.effective_port)
-        self._thread = threading.Thread(target=self._server.run, name="http", daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
-
-    def start(self) -> None:
-        self._thread.start()
-        log.info("serving the API, dashboard and metrics on %s", self.url, extra={"action": "http"})
-        if self.host not in ("127.0.0.1", "::1", "localhost"):
-            log.warning("HTTP reads (jobs, runs, logs) need no token and %s is not loopback", self.host)
-
-    def stop(self, timeout: float = 5.0) -> None:
-        """Stop accepting, let requests in progress finish (up to `timeout`), end the thread."""
-        from waitress import wasyncore
-
-        server = self._server
-        if self._thread.is_alive():
-            # Close the sockets from the loop's own thread, so it never polls a closed descriptor.
-            server.trigger.pull_trigger(lambda: wasyncore.close_all(server._map))
-            self._thread.join(timeout)
-        else:
-            wasyncore.close_all(server._map)
-        server.task_dispatcher.shutdown(timeout=timeout)
