@@ -12,6 +12,7 @@ import logging
 import os
 import threading
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 from scheduler.alerting.watchdog import Watchdog
@@ -47,12 +48,6 @@ def build_service(settings: Settings, clock: Clock | None = None) -> Service:
     recorder = Recorder(clock, store.runs.finish, spool_path(settings), health.database)
     health.when_recovered(recorder.nudge)
 
-    def set_attempt(claimed: Claimed, attempt: int) -> None:
-        try:
-            store.runs.set_attempt(claimed.run_id, claimed.fence, attempt)
-        except SchedulerError as exc:
-            log.warning("could not record attempt %d of run %s: %s", attempt, claimed.run_id, exc)
-
     def on_run_done(run: ActiveRun) -> None:
         metrics.observe_run(run)
         # A queued slot of this job may now run: let the dispatcher look at once.
@@ -63,19 +58,15 @@ def build_service(settings: Settings, clock: Clock | None = None) -> Service:
         return {a.claimed.run_id for a in runner.active()} | recorder.pending_runs()
 
     runner = Runner(
-        clock, settings.pool_size, settings.max_log_bytes, recorder.record, set_attempt, on_run_done, stop
-    )
-    dispatcher = Dispatcher(
-        store,
         clock,
-        runner,
-        owner,
-        settings.lease_ttl,
-        settings.catchup_limit,
-        min(1.0, settings.heartbeat.total_seconds()),
-        health,
         settings.pool_size,
+        settings.max_log_bytes,
+        recorder.record,
+        attempt_writer(store),
+        on_run_done,
+        stop,
     )
+    dispatcher = build_dispatcher(settings, store, clock, runner, owner, health)
     coordinator = Coordinator(store, clock, settings, owner, health, answering_for)
     # Job checks run on the leader only; the loop (scheduler checks, outbox) on every instance.
     watchdog = Watchdog(store, clock, settings, health, worker=owner.instance)
@@ -83,10 +74,6 @@ def build_service(settings: Settings, clock: Clock | None = None) -> Service:
     metrics = Metrics(
         store, health, clock, owner.instance, coordinator.holds_lease, lambda: len(runner.active())
     )
-
-    def bind_http() -> HttpServer:
-        app = Api(store, health, clock, settings.api_token, metrics)
-        return HttpServer(app, settings.http_host, settings.http_port)
 
     parts = Parts(
         store=store,
@@ -98,6 +85,47 @@ def build_service(settings: Settings, clock: Clock | None = None) -> Service:
         coordinator=coordinator,
         watchdog=watchdog,
         metrics=metrics,
-        bind_http=bind_http if settings.http_enabled else None,
+        bind_http=http_binder(settings, store, health, clock, metrics) if settings.http_enabled else None,
     )
     return Service(settings, clock, parts, stop)
+
+
+def attempt_writer(store: Store) -> Callable[[Claimed, int], None]:
+    """Writes a retry's attempt number on its run row; a database error is logged, not raised."""
+
+    def set_attempt(claimed: Claimed, attempt: int) -> None:
+        try:
+            store.runs.set_attempt(claimed.run_id, claimed.fence, attempt)
+        except SchedulerError as exc:
+            log.warning("could not record attempt %d of run %s: %s", attempt, claimed.run_id, exc)
+
+    return set_attempt
+
+
+def build_dispatcher(
+    settings: Settings, store: Store, clock: Clock, runner: Runner, owner: Owner, health: Health
+) -> Dispatcher:
+    """The dispatcher as the daemon runs it: polling at least once a heartbeat (1 s at most)."""
+    return Dispatcher(
+        store,
+        clock,
+        runner,
+        owner,
+        settings.lease_ttl,
+        settings.catchup_limit,
+        min(1.0, settings.heartbeat.total_seconds()),
+        health,
+        settings.pool_size,
+    )
+
+
+def http_binder(
+    settings: Settings, store: Store, health: Health, clock: Clock, metrics: Metrics
+) -> Callable[[], HttpServer]:
+    """Binds the API, dashboard and metrics server on the configured address when called."""
+
+    def bind_http() -> HttpServer:
+        app = Api(store, health, clock, settings.api_token, metrics)
+        return HttpServer(app, settings.http_host, settings.http_port)
+
+    return bind_http
