@@ -19,6 +19,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(_here))
 
 import argparse
+import json
 import logging
 import os
 import signal
@@ -73,7 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
         ("run", cmd_run, "run in the foreground (for supervisord)"),
         ("check", cmd_check, "validate settings and job modules"),
     ):
-        sub.add_parser(name, help=text).set_defaults(handler=handler)
+        command = sub.add_parser(name, help=text)
+        command.set_defaults(handler=handler)
+        if name == "status":
+            command.add_argument("--json", action="store_true", help="print JSON instead of a line")
     try:
         from scheduler.operator import cli as commands
     except ImportError:  # the operator commands are optional for the daemon itself
@@ -205,15 +209,17 @@ def _install_signals(service: Any) -> None:
 
 
 def cmd_stop(settings: Settings, _args: argparse.Namespace) -> int:
-    pid = pidfile.running_pid(settings.pidfile)
-    if pid is None:
+    record = pidfile.running(settings.pidfile)
+    if record is None:
+        pidfile.running_pid(settings.pidfile)  # removes a stale file
         print("not running")
         return EXIT_OK
+    pid = record.pid
     os.kill(pid, signal.SIGTERM)
     patience = settings.grace_period.total_seconds() + STOP_MARGIN
     deadline = time.monotonic() + patience
     while time.monotonic() < deadline:
-        if not pidfile.process_alive(pid):
+        if not pidfile.is_ours(record):
             print(f"stopped (pid {pid})")
             return EXIT_OK
         time.sleep(0.1)  # polling another process's exit; there is no event to wait on
@@ -226,17 +232,25 @@ def cmd_restart(settings: Settings, args: argparse.Namespace) -> int:
     return code if code != EXIT_OK else cmd_start(settings, args)
 
 
-def cmd_status(settings: Settings, _args: argparse.Namespace) -> int:
-    pidfile.check_safe(settings.pidfile)
-    pid = pidfile.read_pid(settings.pidfile)
-    if pid is not None and pidfile.process_alive(pid):
-        print(f"running (pid {pid})")
-        return EXIT_OK
-    if settings.pidfile.exists():
-        print(f"not running (stale pidfile {settings.pidfile})")
-        return EXIT_FAIL
-    print("not running")
-    return EXIT_NOT_RUNNING
+def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
+    record = pidfile.running(settings.pidfile)
+    if record is not None:
+        state, code, text = "running", EXIT_OK, f"running (pid {record.pid})"
+    elif settings.pidfile.exists():
+        # LSB: 1 = "program is dead and the pidfile exists" (or names a process that is not ours).
+        state, code, text = "stale", EXIT_FAIL, f"not running (stale pidfile {settings.pidfile})"
+    else:
+        state, code, text = "stopped", EXIT_NOT_RUNNING, "not running"
+    if getattr(args, "json", False):
+        pid = record.pid if record else None
+        print(
+            json.dumps(
+                {"state": state, "running": record is not None, "pid": pid, "pidfile": str(settings.pidfile)}
+            )
+        )
+    else:
+        print(text)
+    return code
 
 
 def cmd_check(settings: Settings, _args: argparse.Namespace) -> int:
