@@ -240,8 +240,22 @@ def test_database_password_never_shows_in_errors() -> None:
         ("postgresql://sched:pa#ss@h/db?sslmode=require", "postgresql://sched:***@h/db?sslmode=require"),
         ("postgresql+psycopg2://sched:pw@[::1]:5432/db", "postgresql+psycopg2://sched:***@[::1]:5432/db"),
         ("postgresql://h:5432/db", "postgresql://h:5432/db"),
+        # libpq reads these query parameters as credentials, keys percent-decoded.
+        ("postgresql://sched@h/db?password=S3cretPW", "postgresql://sched@h/db?password=***"),
+        (
+            "postgresql://h/db?sslmode=require&sslpassword=k&passfile=/p&pass%77ord=x",
+            "postgresql://h/db?sslmode=require&sslpassword=***&passfile=***&pass%77ord=***",
+        ),
+        # Parsers disagree where a raw '@' ends the userinfo: hide every reading's password.
+        ("postgresql://u:a@b/c@h/db", "postgresql://u:***@h/db"),
+        ("postgresql://u:pw@h/db?password=p@ss", "postgresql://u:***"),
         ("not a url", "not a url"),
     ],
 )
 def test_redact_url_hides_only_the_password(url: str, shown: str) -> None:
     assert redact_url(url) == shown
+
+
+def test_database_url_that_is_not_a_url_is_rejected_without_echoing_it() -> None:
+    message = error_of(env={"SCHEDULER_DATABASE_URL": f"host=db password={SECRET} dbname=jobs"})
+    assert message == "SCHEDULER_DATABASE_URL: not a URL (use sqlite:///path or postgresql://user@host/db)"

@@ -18,6 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from scheduler.errors import ConfigError
+from scheduler.redact import redact_url
+
+__all__ = ["ENV_PREFIX", "REPO_ROOT", "Settings", "load", "redact_url"]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ENV_PREFIX = "SCHEDULER_"
@@ -64,20 +67,6 @@ class Settings:
     @property
     def is_sqlite(self) -> bool:
         return self.database_url.startswith("sqlite")
-
-
-def redact_url(url: str) -> str:
-    """Hide the password of a database URL: postgresql://u:***@host/db.
-
-    Split by hand at the last '@', not with urlsplit: SQLAlchemy accepts a password
-    with a raw '/', '?' or '#', where urlsplit would end the host early and miss it.
-    """
-    scheme, sep, rest = url.partition("://")
-    userinfo, at, host = rest.rpartition("@")
-    if not sep or not at or ":" not in userinfo:
-        return url
-    user = userinfo.split(":", 1)[0]
-    return f"{scheme}://{user}:***@{host}"
 
 
 def load(
@@ -170,6 +159,9 @@ def _check(s: Settings) -> None:
         raise ConfigError(f"{ENV_PREFIX}{name.upper()}: {message}")
 
     scheme = s.database_url.split(":", 1)[0].split("+", 1)[0]
+    if "://" not in s.database_url or not re.fullmatch(r"[A-Za-z][\w.-]{0,30}", scheme):
+        # Not a URL (perhaps a 'host=... password=...' string): echo none of it.
+        fail("database_url", "not a URL (use sqlite:///path or postgresql://user@host/db)")
     if scheme not in ("sqlite", "postgresql", "postgres"):
         fail("database_url", f"unsupported scheme {scheme!r} (use sqlite:/// or postgresql://)")
     if s.pool_size < 1:
