@@ -266,9 +266,8 @@ def cmd_check(settings: Settings, _args: argparse.Namespace) -> int:
     sqlite_file = Path(settings.database_url.split(":///", 1)[-1]) if settings.is_sqlite else None
     if sqlite_file is not None and not sqlite_file.exists():
         summary = f"{len(result.specs)} jobs, {len(result.problems)} problems"
-        print(
-            f"{summary}; database {config_module.redact_url(settings.database_url)} (not created yet: the daemon creates it)"
-        )
+        shown = config_module.redact_url(settings.database_url)
+        print(f"{summary}; database {shown} (not created yet: the daemon creates it)")
         return EXIT_FAIL if result.problems else EXIT_OK
     store = Store(settings.database_url)
     try:

@@ -42,7 +42,8 @@ def _mask(text: str, spans: list[tuple[int, int]]) -> str:
     """Replace the union of `spans` by MASK, one per run; an empty span still shows MASK."""
     if not spans:
         return text
-    out, cursor = [], 0
+    out: list[tuple[int, int]] = []
+    cursor = 0
     for start, end in sorted(spans):
         if start < cursor:  # overlaps the previous run: extend it
             out[-1] = (out[-1][0], max(out[-1][1], end))
@@ -50,7 +51,8 @@ def _mask(text: str, spans: list[tuple[int, int]]) -> str:
             continue
         out.append((start, end))
         cursor = end
-    pieces, last = [], 0
+    pieces: list[str] = []
+    last = 0
     for start, end in out:
         pieces += [text[last:start], MASK]
         last = end
