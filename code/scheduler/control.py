@@ -39,6 +39,13 @@ STOP_MARGIN = 15.0  # seconds `stop` waits beyond the grace period
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        return _reader_went_away()
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
@@ -56,6 +63,17 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_FAIL
     except KeyboardInterrupt:
         return EXIT_FAIL
+
+
+def _reader_went_away() -> int:
+    """`... | head` closed our stdout: stop quietly (no traceback, none at exit's flush either)."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # stdout already closed or replaced
+        pass
+    os.close(devnull)
+    return EXIT_FAIL
 
 
 def build_parser() -> argparse.ArgumentParser:
