@@ -116,7 +116,25 @@ def _flags(args: argparse.Namespace) -> dict[str, Any]:
 # -- lifecycle ---------------------------------------------------------------
 
 
+def _preflight(settings: Settings) -> None:
+    """Refuse to start, in one line naming the setting, if a folder the daemon writes cannot be."""
+    from scheduler import writable
+
+    writable.require(settings.log_dir, "SCHEDULER_LOG_DIR")
+    writable.require(settings.state_dir, "SCHEDULER_STATE_DIR")
+    writable.require(settings.pidfile.parent, "SCHEDULER_PIDFILE")
+    if settings.is_sqlite and (path := sqlite_path(settings)) is not None:
+        writable.require(path.parent, "SCHEDULER_DATABASE_URL")
+
+
+def sqlite_path(settings: Settings) -> Path | None:
+    """The SQLite database file, or None (PostgreSQL, or an in-memory database)."""
+    path = settings.database_url.split(":///", 1)[-1] if settings.is_sqlite else ""
+    return Path(path) if path and path != ":memory:" else None
+
+
 def cmd_run(settings: Settings, _args: argparse.Namespace) -> int:
+    _preflight(settings)
     lock = pidfile.make_lock(settings.pidfile)
     lock.acquire()
     try:
@@ -146,6 +164,7 @@ def _jobs_still_running(patience: float = 0.5) -> bool:
 def cmd_start(settings: Settings, _args: argparse.Namespace) -> int:
     import daemon
 
+    _preflight(settings)
     lock = pidfile.make_lock(settings.pidfile)
     read_end, write_end = os.pipe()
     if os.fork() > 0:
@@ -281,9 +300,16 @@ def cmd_check(settings: Settings, _args: argparse.Namespace) -> int:
         print(f"ok    {spec.name}: {spec.describe()}{state}")
     for problem in result.problems:
         print(f"error {problem}")
-    sqlite_file = Path(settings.database_url.split(":///", 1)[-1]) if settings.is_sqlite else None
+    sqlite_file = sqlite_path(settings)
     if sqlite_file is not None and not sqlite_file.exists():
+        from scheduler import writable
+
         summary = f"{len(result.specs)} jobs, {len(result.problems)} problems"
+        why = writable.problem(sqlite_file.parent)
+        if why is not None:  # the daemon could not create it either
+            print(f"error database {sqlite_file}: {why}")
+            print(f"{summary}; database {sqlite_file} cannot be created")
+            return EXIT_FAIL
         shown = config_module.redact_url(settings.database_url)
         print(f"{summary}; database {shown} (not created yet: the daemon creates it)")
         return EXIT_FAIL if result.problems else EXIT_OK

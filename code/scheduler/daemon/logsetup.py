@@ -7,6 +7,7 @@ import logging.handlers
 import sys
 from pathlib import Path
 
+from scheduler import writable
 from scheduler.engine import runlog
 
 FORMAT = "%(asctime)s %(levelname)s [%(threadName)s] %(name)s: %(message)s"
@@ -14,7 +15,7 @@ FORMAT = "%(asctime)s %(levelname)s [%(threadName)s] %(name)s: %(message)s"
 
 def configure(log_dir: Path, level: str, max_bytes: int, backups: int, *, stderr: bool) -> Path:
     """Send logs to `log_dir/info.log` (rotated) and, in the foreground, to stderr."""
-    log_dir.mkdir(parents=True, exist_ok=True)
+    writable.make(log_dir, "SCHEDULER_LOG_DIR")  # ConfigError naming the folder, not a traceback
     path = log_dir / "info.log"
     root = logging.getLogger()
     for handler in list(root.handlers):

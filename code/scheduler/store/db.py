@@ -22,6 +22,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import event, exc
 
+from scheduler import writable
 from scheduler.config import redact_url
 from scheduler.errors import StoreError, StoreUnavailable
 
@@ -66,7 +67,7 @@ class Database:
             )
         path = self.url.removeprefix("sqlite:///")
         if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            _writable_folder(Path(path).parent)
         engine = sa.create_engine(self.url, connect_args={"timeout": busy_timeout_ms / 1000})
 
         @event.listens_for(engine, "connect")
@@ -140,6 +141,20 @@ class Database:
                 cfg.set_main_option("script_location", str(MIGRATIONS))
                 cfg.attributes["connection"] = conn
                 command.upgrade(cfg, "head")
+
+
+def _writable_folder(folder: Path) -> None:
+    """Create the database's folder; SQLite writes its -wal and -shm files beside the database.
+
+    Raises StoreError naming the folder if it cannot be created or written.
+    """
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StoreError(f"database folder {folder}: cannot create it: {exc.strerror or exc}") from None
+    why = writable.problem(folder)
+    if why is not None:
+        raise StoreError(f"database folder {folder}: {why}")
 
 
 def upsert_insert(dialect: str, table: sa.Table) -> Any:
