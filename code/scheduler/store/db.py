@@ -8,6 +8,7 @@ on `busy_timeout` instead of failing half-way with 'database is locked'.
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -39,6 +40,9 @@ class Database:
         self.url = _normalise(url)
         self.safe_url = redact_url(self.url)
         self.is_sqlite = self.url.startswith("sqlite")
+        file = self.url.removeprefix("sqlite:///") if self.is_sqlite else ""
+        self.file = Path(file) if file and file != ":memory:" else None
+        self._identity: tuple[int, int] | None = None  # (st_dev, st_ino) of the file first opened
         try:
             self.engine = self._create_engine(busy_timeout_ms)
         except (exc.ArgumentError, ImportError) as error:
@@ -80,6 +84,9 @@ class Database:
             cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.close()
+            if self.file is not None and self._identity is None:
+                info = os.stat(self.file)
+                self._identity = (info.st_dev, info.st_ino)
 
         @event.listens_for(engine, "begin")
         def _on_begin(conn: sa.Connection) -> None:
@@ -91,15 +98,37 @@ class Database:
     @contextmanager
     def write(self) -> Iterator[sa.Connection]:
         """One write transaction. Raises StoreUnavailable on a transient failure."""
+        self.check_file()
         with translate_errors(self.safe_url), self.engine.connect() as conn, conn.begin():
             yield conn
 
     @contextmanager
     def read(self) -> Iterator[sa.Connection]:
+        self.check_file()
         with translate_errors(self.safe_url), self.engine.connect() as raw:
             conn = raw.execution_options(scheduler_write=False)
             with conn.begin():
                 yield conn
+
+    def check_file(self) -> None:
+        """Raises StoreUnavailable if the SQLite file was deleted or replaced since first opened.
+
+        Open connections would go on writing to the unlinked inode, and every record
+        written there is lost at the next start. Refusing instead makes the daemon
+        unhealthy (so the watchdog's database alert fires) and stops it claiming slots
+        into a file nobody will read.
+        """
+        if self.file is None or self._identity is None:
+            return
+        try:
+            info = os.stat(self.file)
+        except OSError:
+            info = None
+        if info is None or (info.st_dev, info.st_ino) != self._identity:
+            raise StoreUnavailable(
+                f"database unavailable: SQLite file {self.file} was deleted or replaced while in use;"
+                " restart the daemon to create it again"
+            )
 
     def ping(self) -> None:
         with self.read() as conn:
