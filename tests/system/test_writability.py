@@ -15,7 +15,10 @@ from tests.system.helpers import Sandbox
 pytestmark = pytest.mark.system
 
 READ_ONLY = Path("/sys")
-JOB = "from datetime import timedelta\nfrom scheduler import job\n@job(interval=timedelta(minutes=1))\ndef j(): pass\n"
+JOB = (
+    "from datetime import timedelta\nfrom scheduler import job\n"
+    "@job(interval=timedelta(minutes=1))\ndef j(): pass\n"
+)
 
 
 @pytest.fixture
