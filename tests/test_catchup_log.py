@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
+from scheduler.clock import FakeClock
 
-from tests.test_dispatcher import Calls, Harness, clock, harness, interval_job  # noqa: F401 (fixtures)
+from tests.test_dispatcher import START, Calls, Harness, interval_job
+
+
+@pytest.fixture
+def harness(tmp_path: Path) -> Iterator[Harness]:
+    h = Harness(tmp_path, FakeClock(START))
+    yield h
+    h.close()
 
 
 def not_run_lines(caplog: pytest.LogCaptureFixture, job: str) -> list[str]:
