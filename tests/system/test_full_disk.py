@@ -56,6 +56,5 @@ def test_runs_logged_while_the_log_disk_is_full_keep_clean_logs_and_the_failure_
     output = daemon.output()
     assert "--- Logging error ---" not in output
     failures = [line for line in output.splitlines() if line.startswith("scheduler: cannot write ")]
-    assert failures == [
-        f"scheduler: cannot write {sandbox.info_log}: No space left on device; log lines are dropped until it can"
-    ]
+    reason = "No space left on device; log lines are dropped until it can"
+    assert failures == [f"scheduler: cannot write {sandbox.info_log}: {reason}"]
