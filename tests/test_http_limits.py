@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import io
 import json
 import socket
 from collections.abc import Iterator
 from datetime import timedelta
 from itertools import product
+from typing import Any
 
 import pytest
 from scheduler.clock import FakeClock
@@ -16,9 +18,31 @@ from scheduler.operator.http import MAX_BODY, MAX_DEPTH, Api, json_depth
 from scheduler.operator.server import HttpServer
 from scheduler.store import Store
 
-from tests.test_api import TOKEN, call
-
 IDLE, HALF_SENT = 200, 50
+TOKEN = "t0ken-for-tests"
+
+
+def call(
+    app: Api, method: str, path: str, body: bytes = b"", token: str | None = None, query: str = ""
+) -> tuple[int, dict[str, str], bytes]:
+    """One request straight into the WSGI app."""
+    environ: dict[str, Any] = {
+        "REQUEST_METHOD": method,
+        "PATH_INFO": path,
+        "QUERY_STRING": query,
+        "CONTENT_LENGTH": str(len(body)),
+        "REMOTE_ADDR": "10.1.2.3",
+        "wsgi.input": io.BytesIO(body),
+    }
+    if token is not None:
+        environ["HTTP_AUTHORIZATION"] = f"Bearer {token}"
+    seen: dict[str, Any] = {}
+
+    def start_response(status: str, headers: list[tuple[str, str]]) -> None:
+        seen["status"], seen["headers"] = int(status.split()[0]), dict(headers)
+
+    data = b"".join(app(environ, start_response))
+    return seen["status"], seen["headers"], data
 
 
 def work() -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.system.helpers import Sandbox, wait_until
+from tests.support.sandbox import Sandbox, wait_until
 
 pytestmark = pytest.mark.system
 

@@ -12,7 +12,7 @@ import pytest
 from scheduler.jobs.registry import make_spec
 from scheduler.store import Claim, Outcome, Owner, Store
 
-from tests.system.helpers import CONTROL, Sandbox
+from tests.support.sandbox import CONTROL, Sandbox
 
 pytestmark = pytest.mark.system
 

@@ -14,7 +14,7 @@ import pytest
 from scheduler.errors import StoreUnavailable
 from scheduler.store import Store
 
-from tests.system.helpers import Sandbox, wait_until
+from tests.support.sandbox import Sandbox, wait_until
 
 pytestmark = pytest.mark.system
 
