@@ -92,3 +92,24 @@ def test_start_on_a_public_address_without_a_token_is_refused(sandbox: Sandbox) 
         "config: SCHEDULER_HTTP_HOST: 0.0.0.0 is not loopback and no SCHEDULER_API_TOKEN"
     )
     assert sandbox.pidfile_pid() is None
+
+
+@pytest.mark.parametrize(
+    ("args", "url", "message"),
+    [
+        (["logs", "99999999999999999999"], None, "argument run_id: not a run id"),
+        (
+            ["db", "current"],
+            "postgresql://u:S3cretPW@h:abc/db",
+            "database URL postgresql+psycopg2://u:***@h:abc/db",
+        ),
+        (["db", "current"], "postgresql://u@[::1/db", "the port is not a number"),
+    ],
+)
+def test_malformed_numbers_in_arguments_and_urls_are_one_line_not_a_traceback(
+    sandbox: Sandbox, args: list[str], url: str | None, message: str
+) -> None:
+    result = sandbox.control(*args, **({"database_url": url} if url else {}))
+    assert result.returncode in (1, 2)
+    assert "Traceback" not in result.stderr and "S3cretPW" not in result.stderr
+    assert message in result.stderr.splitlines()[-1]

@@ -12,7 +12,7 @@ import os
 import sqlite3
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -40,13 +40,15 @@ class Database:
         self.url = _normalise(url)
         self.safe_url = redact_url(self.url)
         self.is_sqlite = self.url.startswith("sqlite")
-        file = self.url.removeprefix("sqlite:///") if self.is_sqlite else ""
-        self.file = Path(file) if file and file != ":memory:" else None
         self._identity: tuple[int, int] | None = None  # (st_dev, st_ino) of the file first opened
         try:
+            file = sa.engine.make_url(self.url).database if self.is_sqlite else None
+            self.file = Path(file) if file and file != ":memory:" else None
             self.engine = self._create_engine(busy_timeout_ms)
         except (exc.ArgumentError, ImportError) as error:
             raise StoreError(f"database URL {self.safe_url}: {error}") from None
+        except ValueError:  # SQLAlchemy: a port that is not a number; its text may hold URL parts
+            raise StoreError(f"database URL {self.safe_url}: the port is not a number") from None
 
     def _create_engine(self, busy_timeout_ms: int) -> sa.Engine:
         if not self.is_sqlite:
@@ -69,9 +71,8 @@ class Database:
                     " -c idle_in_transaction_session_timeout=5000",
                 },
             )
-        path = self.url.removeprefix("sqlite:///")
-        if path and path != ":memory:":
-            _writable_folder(Path(path).parent)
+        if self.file is not None:
+            _writable_folder(self.file.parent)
         engine = sa.create_engine(self.url, connect_args={"timeout": busy_timeout_ms / 1000})
 
         @event.listens_for(engine, "connect")
@@ -85,8 +86,9 @@ class Database:
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.close()
             if self.file is not None and self._identity is None:
-                info = os.stat(self.file)
-                self._identity = (info.st_dev, info.st_ino)
+                with suppress(OSError):  # a URI filename SQLite resolves its own way: no check
+                    info = os.stat(self.file)
+                    self._identity = (info.st_dev, info.st_ino)
 
         @event.listens_for(engine, "begin")
         def _on_begin(conn: sa.Connection) -> None:
