@@ -347,3 +347,8 @@ def test_non_loopback_http_host_is_served_with_a_token_or_with_public_reads_said
     assert load(env={**base, "SCHEDULER_HTTP_PUBLIC_READS": "true"}).http_public_reads
     for host in ("127.0.0.1", "::1", "localhost", "127.0.0.2"):
         assert load(env={**base, "SCHEDULER_HTTP_HOST": host}).http_host == host
+
+
+def test_database_url_of_the_wrong_type_in_a_file_is_refused_without_echoing_it(tmp_path: Path) -> None:
+    file = toml(tmp_path, f"[scheduler]\ndatabase_url = ['postgresql://u:{SECRET}@h/db']\n")
+    assert error_of(env={}, config_file=file) == f"{file}: database_url: must be a string"

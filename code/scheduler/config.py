@@ -213,7 +213,12 @@ def _to_bool(raw: Any) -> bool:
 
 
 def _safe(name: str, message: str) -> str:
-    return "invalid value" if name in ("api_token", "slack_token", "slack_webhook_url") else message
+    """The error text without the value of a setting that may hold a secret."""
+    if name in ("api_token", "slack_token", "slack_webhook_url"):
+        return "invalid value"
+    if name == "database_url":  # "must be a string, got list [...]": drop what follows
+        return message.split(", got ", 1)[0]
+    return message
 
 
 def _check(s: Settings) -> None:
