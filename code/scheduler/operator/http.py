@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 
 WEB = Path(__file__).resolve().parent / "web"
 MAX_BODY = 64 * 1024
+MAX_DEPTH = 16  # nesting of a JSON body
 STATIC = {"dashboard.css": "text/css; charset=utf-8", "dashboard.js": "text/javascript; charset=utf-8"}
 SECURITY_HEADERS = [
     ("X-Content-Type-Options", "nosniff"),
@@ -67,21 +68,31 @@ class Request:
         return values[-1] if values else None
 
     def int_arg(self, name: str, default: int) -> int:
+        """A whole-number query parameter (the queries check its range). Raises HttpError(400)."""
         raw = self.arg(name)
         if raw is None or raw == "":
             return default
-        try:
-            return int(raw)
-        except ValueError:
-            raise HttpError(400, f"query parameter {name!r} must be a whole number, got {raw!r}") from None
+        if not re.fullmatch(r"[+-]?\d{1,9}", raw.strip()):
+            raise HttpError(400, f"query parameter {name!r} must be a whole number, got {raw[:40]!r}")
+        return int(raw)
 
     def json_object(self) -> dict[str, Any]:
-        """The body as a JSON object; an empty body is {}. Raises HttpError(400)."""
+        """The body as a JSON object; an empty body is {}. Raises HttpError(400).
+
+        The nesting depth is counted before parsing: a deep body would otherwise end in a
+        RecursionError (a 500) inside the parser.
+        """
         if not self.body.strip():
             return {}
         try:
-            data = json.loads(self.body.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError):
+            text = self.body.decode("utf-8")
+        except UnicodeDecodeError:
+            raise HttpError(400, "request body is not valid UTF-8 JSON") from None
+        if json_depth(text) > MAX_DEPTH:
+            raise HttpError(400, f"request body nests deeper than {MAX_DEPTH} levels")
+        try:
+            data = json.loads(text)
+        except (ValueError, RecursionError):
             raise HttpError(400, "request body is not valid UTF-8 JSON") from None
         if not isinstance(data, dict):
             raise HttpError(400, f"request body must be a JSON object, got {type(data).__name__}")
@@ -351,6 +362,28 @@ class Api:
         if name not in STATIC:
             raise HttpError(404, f"no such file: {name}")
         return Response(200, (WEB / name).read_bytes(), STATIC[name], [("Cache-Control", "no-cache")])
+
+
+def json_depth(text: str) -> int:
+    """The deepest nesting of [ and { in JSON text, ignoring those inside strings."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for char in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in "]}":
+            depth -= 1
+    return deepest
 
 
 def _html(text: str, status: int = 200) -> Response:

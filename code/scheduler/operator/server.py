@@ -1,4 +1,4 @@
-"""The HTTP server: waitress in a thread of the daemon, serving the WSGI app of `http.Api`."""
+"""The HTTP server: waitress in a thread of the daemon, with limits that keep /healthz answering."""
 
 from __future__ import annotations
 
@@ -7,9 +7,28 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from scheduler.config import is_loopback
 from scheduler.errors import ConfigError
+from scheduler.operator.http import MAX_BODY
 
 log = logging.getLogger(__name__)
+
+# waitress limits. An idle or half-sent connection costs a socket, not a thread (waitress
+# hands a request to a thread only once it is complete), so /healthz keeps answering while
+# hundreds of such connections sit open: there is room for them (CONNECTION_LIMIT, polled with
+# poll(), not select() and its 1024-descriptor cap) and they are dropped after CHANNEL_TIMEOUT
+# seconds without a byte. A body is refused on its Content-Length before any of it is read.
+SERVER_LIMITS = {
+    "connection_limit": 1000,
+    "channel_timeout": 10,
+    "cleanup_interval": 2,
+    "asyncore_use_poll": True,
+    "backlog": 1024,
+    "max_request_header_size": 32 * 1024,
+    "max_request_body_size": MAX_BODY + 1,  # waitress refuses >= this; the app allows MAX_BODY
+    "inbuf_overflow": MAX_BODY + 1,
+    "outbuf_overflow": 1024 * 1024,
+}
 
 
 class HttpServer:
@@ -26,11 +45,14 @@ class HttpServer:
                 threads=threads,
                 ident="scheduler",
                 clear_untrusted_proxy_headers=True,
+                **SERVER_LIMITS,
             )
         except OSError as exc:
             raise ConfigError(
-                f"SCHEDULER_HTTP_PORT: cannot listen on {host}:{port}: {exc.strerror}"
+                f"SCHEDULER_HTTP_PORT: cannot listen on {host}:{port}: {exc.strerror or exc}"
             ) from None
+        except ValueError:  # waitress: "Invalid host/port specified."
+            raise ConfigError(f"SCHEDULER_HTTP_HOST: cannot listen on {host!r} port {port}") from None
         self.host, self.port = self._server.effective_host, int(self._server.effective_port)
         self._thread = threading.Thread(target=self._server.run, name="http", daemon=True)
 
@@ -41,7 +63,7 @@ class HttpServer:
     def start(self) -> None:
         self._thread.start()
         log.info("serving the API, dashboard and metrics on %s", self.url, extra={"action": "http"})
-        if self.host not in ("127.0.0.1", "::1", "localhost"):
+        if not is_loopback(str(self.host)):  # config refuses this unless a token or public reads are set
             log.warning("HTTP reads (jobs, runs, logs) need no token and %s is not loopback", self.host)
 
     def stop(self, timeout: float = 5.0) -> None:
