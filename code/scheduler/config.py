@@ -53,6 +53,7 @@ class Settings:
     watchdog_interval: timedelta = timedelta(seconds=15)
     db_alert_after: timedelta = timedelta(seconds=60)
     realert_after: timedelta = timedelta(0)
+    default_isolation: str = "thread"
 
     def __repr__(self) -> str:
         shown = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -191,6 +192,8 @@ def _check(s: Settings) -> None:
         fail("max_log_bytes", "must be at least 1024")
     if s.catchup_limit < 1:
         fail("catchup_limit", "must be at least 1")
+    if s.default_isolation not in ("thread", "process"):
+        fail("default_isolation", f"must be 'thread' or 'process', got {s.default_isolation!r}")
     if s.slack_webhook_url and s.slack_token:
         fail(
             "slack_token",

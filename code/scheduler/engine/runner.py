@@ -17,6 +17,7 @@ from datetime import datetime, timedelta
 
 from scheduler.clock import Clock
 from scheduler.engine import runlog
+from scheduler.engine.isolation import ChildFailed, ChildStopped, ProcessIsolation
 from scheduler.jobs.registry import JobSpec
 from scheduler.store import Claimed, Outcome
 
@@ -64,8 +65,10 @@ class Runner:
         set_attempt: Callable[[Claimed, int], None],
         on_done: Callable[[ActiveRun], None],
         stop: threading.Event,
+        isolation: ProcessIsolation | None = None,
     ) -> None:
         self.clock = clock
+        self.isolation = isolation or ProcessIsolation()
         self.max_log_bytes = max_log_bytes
         self._record = record
         self._set_attempt = set_attempt
@@ -172,11 +175,12 @@ class Runner:
         while True:
             run.ctx.attempt = attempt
             try:
-                if spec.wants_ctx:
-                    spec.func(run.ctx)
-                else:
-                    spec.func(*spec.args, **spec.kwargs)
-            except Exception as exc:
+                self._call(run, attempt, buffer)
+            except ChildStopped as exc:
+                return self._outcome(run, "abandoned", attempt, buffer, None, f"shut down: {exc}")
+            except (Exception, SystemExit) as exc:  # sys.exit(n) in a job fails it like an exception
+                if isinstance(exc, SystemExit) and exc.code in (None, 0):
+                    return self._ended(run, attempt, buffer)
                 if self._overdue(run):
                     return self._outcome(run, "timed_out", attempt, buffer, exc)
                 if attempt > spec.retries:
@@ -199,9 +203,31 @@ class Runner:
                 attempt += 1
                 self._set_attempt(run.claimed, attempt)
                 continue
-            if self._overdue(run):
-                return self._outcome(run, "timed_out", attempt, buffer, None)
-            return self._outcome(run, "succeeded", attempt, buffer, None)
+            return self._ended(run, attempt, buffer)
+
+    def _call(self, run: ActiveRun, attempt: int, buffer: runlog.LogBuffer) -> None:
+        spec = run.spec
+        if self.isolation.applies(spec):
+            claimed = run.claimed
+            self.isolation.run(
+                spec,
+                claimed.run_id,
+                claimed.scheduled_for,
+                attempt,
+                run.deadline_mono,
+                self.clock,
+                run.ctx.cancelled,
+                buffer.write,
+            )
+        elif spec.wants_ctx:
+            spec.func(run.ctx)
+        else:
+            spec.func(*spec.args, **spec.kwargs)
+
+    def _ended(self, run: ActiveRun, attempt: int, buffer: runlog.LogBuffer) -> Outcome:
+        if self._overdue(run):
+            return self._outcome(run, "timed_out", attempt, buffer, None)
+        return self._outcome(run, "succeeded", attempt, buffer, None)
 
     def _overdue(self, run: ActiveRun) -> bool:
         return run.deadline_mono is not None and self.clock.monotonic() >= run.deadline_mono
@@ -216,7 +242,10 @@ class Runner:
         message: str | None = None,
     ) -> Outcome:
         error_type = error_message = error_traceback = None
-        if exc is not None:
+        if isinstance(exc, ChildFailed):  # the child's own error, not this thread's traceback
+            error_type, error_message = exc.error_type, str(exc)[:2000]
+            error_traceback = exc.child_traceback or None
+        elif exc is not None:
             error_type = type(exc).__name__
             error_message = str(exc)[:2000]
             error_traceback = "".join(traceback.format_exception(exc))[-8000:]
