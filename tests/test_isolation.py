@@ -19,7 +19,7 @@ from scheduler.errors import JobDefinitionError
 from scheduler.jobs.registry import JobSpec, job, load_jobs
 from scheduler.store import Claim, Outcome, Owner, RunRow, Store
 
-from tests.conftest import wait_until
+from tests.support.polling import wait_until
 
 OWNER = Owner("iso-test", "test-host", os.getpid())
 SLOT = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)

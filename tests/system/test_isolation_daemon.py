@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.system.helpers import Sandbox, process_gone, wait_until
+from tests.support.sandbox import Sandbox, process_gone, wait_until
 
 pytestmark = pytest.mark.system
 
