@@ -120,6 +120,15 @@ def test_stop_leaves_no_process_a_run_started_and_titles_show_the_state(sandbox:
     assert [r.status for r in hung] == ["abandoned"]
 
 
+def test_check_shows_which_jobs_run_in_a_process(sandbox: Sandbox) -> None:
+    sandbox.write_job("crashing", CRASHING)
+    checked = sandbox.control("check")
+    assert "ok    crashing.segfault: every 1s (process isolation)" in checked.stdout
+    assert "ok    crashing.steady: every 1s\n" in checked.stdout
+    everything = sandbox.control("check", default_isolation="process")
+    assert "ok    crashing.steady: every 1s (process isolation)" in everything.stdout
+
+
 def test_os_exit_in_a_thread_run_kills_the_daemon_and_the_next_start_names_the_run(sandbox: Sandbox) -> None:
     sandbox.write_job("exits", EXITS)
     first = sandbox.daemon()

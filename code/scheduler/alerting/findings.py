@@ -11,6 +11,7 @@ Defaults chosen:
   row; an abandoned run (its instance was lost) neither counts nor resets.
 - overrunning: a run still running past its timeout, or without one past its
   period plus grace (it is eating into the next slot).
+- paused: a job the crash-loop guard paused, until someone resumes it.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from scheduler.alerting.slack import format_utc
+from scheduler.engine.guard import AUTO_PAUSE_ACTOR
 from scheduler.jobs.schedules import Schedule, format_interval
 from scheduler.store import InstanceRow, JobRow
 from scheduler.store.alerts import Activity
@@ -154,6 +156,19 @@ def overrunning(row: JobRow, run: RunRow, now: datetime) -> Finding | None:
     return Finding(row.name, "overrunning", summary, run.started_at, host=run.host, details=details)
 
 
+def auto_paused(row: JobRow, outcomes: list[RunRow]) -> Finding | None:
+    """A job paused by the crash-loop guard (not by a person): it stays off until resumed."""
+    if not row.paused or row.changed_by != AUTO_PAUSE_ACTOR:
+        return None
+    since = row.changed_at or row.updated_at
+    latest = outcomes[0] if outcomes else None
+    error = ": ".join(p for p in (latest.error_type, latest.error_message) if p) if latest else None
+    summary = f"paused by the crash-loop guard at {format_utc(since)} after failing run after run"
+    return Finding(
+        row.name, "paused", summary, since, last_error=error, action=f"scheduler resume {row.name}"
+    )
+
+
 def broken(jobs: list[JobRow], alive: list[InstanceRow], now: datetime) -> list[Finding]:
     """Job modules that failed to import on a live instance; jobs no live instance loaded."""
     if not alive:
@@ -206,6 +221,7 @@ def detect_jobs(snap: Snapshot) -> list[Finding]:
             if row.definition.get("enabled", True):
                 add(lateness(row, snap.activity.last_started.get(row.name), snap.now))
         add(failing(row, snap.activity.outcomes.get(row.name, [])))
+        add(auto_paused(row, snap.activity.outcomes.get(row.name, [])))
     for run in snap.activity.running:
         if run.job in rows:
             add(overrunning(rows[run.job], run, snap.now))

@@ -21,6 +21,7 @@ from scheduler.cluster.health import Health
 from scheduler.config import Settings
 from scheduler.daemon.service import Parts, Service
 from scheduler.engine.dispatcher import Dispatcher
+from scheduler.engine.guard import CrashLoopGuard, pauser
 from scheduler.engine.isolation import ProcessIsolation
 from scheduler.engine.recorder import Recorder
 from scheduler.engine.runner import ActiveRun, Runner
@@ -63,6 +64,13 @@ def build_service(settings: Settings, clock: Clock | None = None) -> Service:
         return {a.claimed.run_id for a in runner.active()} | recorder.pending_runs()
 
     isolation = ProcessIsolation(settings.jobs_path, settings.default_isolation)
+    guard = CrashLoopGuard(
+        clock,
+        settings.crash_loop_after,
+        settings.crash_loop_max_backoff,
+        settings.crash_loop_pause_after,
+        pauser(store, clock),
+    )
     runner = Runner(
         clock,
         settings.pool_size,
@@ -72,6 +80,7 @@ def build_service(settings: Settings, clock: Clock | None = None) -> Service:
         on_run_done,
         stop,
         isolation,
+        guard,
     )
     dispatcher = Dispatcher(
         store,

@@ -17,6 +17,7 @@ from datetime import datetime, timedelta
 
 from scheduler.clock import Clock
 from scheduler.engine import runlog
+from scheduler.engine.guard import CrashLoopGuard
 from scheduler.engine.isolation import ChildFailed, ChildStopped, ProcessIsolation
 from scheduler.jobs.registry import JobSpec
 from scheduler.store import Claimed, Outcome
@@ -66,9 +67,11 @@ class Runner:
         on_done: Callable[[ActiveRun], None],
         stop: threading.Event,
         isolation: ProcessIsolation | None = None,
+        guard: CrashLoopGuard | None = None,
     ) -> None:
         self.clock = clock
         self.isolation = isolation or ProcessIsolation()
+        self.guard = guard
         self.max_log_bytes = max_log_bytes
         self._record = record
         self._set_attempt = set_attempt
@@ -93,7 +96,25 @@ class Runner:
         active = ActiveRun(claimed, spec, mono, ctx, deadline)
         with self._lock:
             self._active[claimed.run_id] = active
+        held = self.guard.held_until(spec.name) if self.guard else None
+        if held is not None:
+            self._finish(active, self._held(active, held))
+            return
         self._pool.submit(self._execute, active)
+
+    def _held(self, run: ActiveRun, until: datetime) -> Outcome:
+        failures = self.guard.failures(run.spec.name) if self.guard else 0
+        message = f"crash-loop guard: {failures} failures in a row; next run not before {until.isoformat()}"
+        return Outcome(
+            run_id=run.claimed.run_id,
+            fence=run.claimed.fence,
+            status="skipped",
+            finished_at=self.clock.now(),
+            started_at=None,
+            attempt=run.claimed.attempt,
+            error_type="CrashLoop",
+            error_message=message,
+        )
 
     def active(self) -> list[ActiveRun]:
         with self._lock:
@@ -286,6 +307,9 @@ class Runner:
             extra={"job": run.spec.name, "run_id": outcome.run_id, "action": outcome.status},
         )
         run.outcome = outcome
+        if self.guard is not None:
+            error = ": ".join(p for p in (outcome.error_type, outcome.error_message) if p)
+            self.guard.observe(run.spec.name, outcome.status, error)
         self._record(outcome)
         with self._idle:
             self._active.pop(run.claimed.run_id, None)
