@@ -16,6 +16,7 @@ Defaults chosen:
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -34,6 +35,7 @@ MAX_GRACE = timedelta(hours=1)
 # A job row synced this recently may belong to an instance that is still registering.
 LOAD_SETTLE = timedelta(seconds=30)
 MAX_STREAK = 100
+_STDLIB = re.compile(r'File "[^"]*/lib/python3\.\d+/(?!site-packages/)')
 
 
 @dataclass(frozen=True)
@@ -152,8 +154,28 @@ def overrunning(row: JobRow, run: RunRow, now: datetime) -> Finding | None:
     if running_for <= limit:
         return None
     summary = f"run {run.id} has been running for {span(running_for)}, longer than {reason}"
-    details = {"run_id": run.id, "limit_seconds": limit.total_seconds()}
-    return Finding(row.name, "overrunning", summary, run.started_at, host=run.host, details=details)
+    details: dict[str, Any] = {"run_id": run.id, "limit_seconds": limit.total_seconds()}
+    stuck = None
+    if run.error_traceback:  # a thread run stuck well past its timeout: the runner noted its stack
+        details["stack"] = run.error_traceback
+        stuck = "stuck at " + innermost_frame(run.error_traceback)
+        summary += f"; its thread is {stuck}"
+    return Finding(
+        row.name, "overrunning", summary, run.started_at, host=run.host, last_error=stuck, details=details
+    )
+
+
+def innermost_frame(stack: str) -> str:
+    """`File "x.py", line 3, in f: code`: the innermost frame of a formatted stack outside the
+    standard library (a job waiting in `threading` is stuck where it called it)."""
+    lines = [line.strip() for line in stack.strip().splitlines() if line.strip()]
+    frames = [i for i, line in enumerate(lines) if line.startswith("File ")]
+    if not frames:
+        return lines[-1] if lines else "?"
+    own = [i for i in frames if not _STDLIB.search(lines[i])]
+    last = (own or frames)[-1]
+    code = lines[last + 1] if last + 1 < len(lines) else ""
+    return f"{lines[last]}: {code}" if code else lines[last]
 
 
 def auto_paused(row: JobRow, outcomes: list[RunRow]) -> Finding | None:

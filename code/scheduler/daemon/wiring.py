@@ -63,6 +63,12 @@ def build_service(settings: Settings, clock: Clock | None = None) -> Service:
         """Runs whose leases this process renews: running here, or ended with the outcome unwritten."""
         return {a.claimed.run_id for a in runner.active()} | recorder.pending_runs()
 
+    def note_stack(claimed: Claimed, stack: str) -> None:
+        try:
+            store.runs.note_stack(claimed.run_id, claimed.fence, stack)
+        except SchedulerError as exc:
+            log.warning("could not note the stack of stuck run %s: %s", claimed.run_id, exc)
+
     isolation = ProcessIsolation(settings.jobs_path, settings.default_isolation)
     guard = CrashLoopGuard(
         clock,
@@ -81,6 +87,7 @@ def build_service(settings: Settings, clock: Clock | None = None) -> Service:
         stop,
         isolation,
         guard,
+        note_stack,
     )
     dispatcher = Dispatcher(
         store,

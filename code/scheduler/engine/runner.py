@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import random
+import sys
 import threading
 import traceback
 from collections.abc import Callable
@@ -23,6 +24,10 @@ from scheduler.jobs.registry import JobSpec
 from scheduler.store import Claimed, Outcome
 
 log = logging.getLogger(__name__)
+
+# A thread run this far past its timeout is stuck: its stack is noted on its run row, where the
+# watchdog's "overrunning" incident shows it. A thread cannot be killed; it keeps its pool thread.
+STUCK_MARGIN = 10.0
 
 
 @dataclass
@@ -50,6 +55,8 @@ class ActiveRun:
     ctx: JobContext
     deadline_mono: float | None
     overdue_logged: bool = False
+    stack_noted: bool = False
+    thread_id: int | None = None
     began_at: datetime | None = None
     outcome: Outcome | None = None  # set when the run ends, before `on_done`
 
@@ -68,7 +75,9 @@ class Runner:
         stop: threading.Event,
         isolation: ProcessIsolation | None = None,
         guard: CrashLoopGuard | None = None,
+        note_stack: Callable[[Claimed, str], None] = lambda claimed, stack: None,
     ) -> None:
+        self._note_stack = note_stack
         self.clock = clock
         self.isolation = isolation or ProcessIsolation()
         self.guard = guard
@@ -146,9 +155,32 @@ class Runner:
                             "action": "overdue",
                         },
                     )
+                if now >= run.deadline_mono + STUCK_MARGIN:
+                    self._stuck(run)
+                elif not run.stack_noted:
+                    stuck_at = run.deadline_mono + STUCK_MARGIN
+                    upcoming = stuck_at if upcoming is None else min(upcoming, stuck_at)
             elif upcoming is None or run.deadline_mono < upcoming:
                 upcoming = run.deadline_mono
         return upcoming
+
+    def _stuck(self, run: ActiveRun) -> None:
+        """Note, once, the stack of a thread run stuck past its timeout (a process run is killed)."""
+        if run.stack_noted or run.thread_id is None or self.isolation.applies(run.spec):
+            return
+        run.stack_noted = True
+        frame = sys._current_frames().get(run.thread_id)
+        if frame is None:
+            return
+        stack = "".join(traceback.format_stack(frame))[-4000:]
+        log.warning(
+            "run %s of %s is stuck past its timeout; its thread is at:\n%s",
+            run.claimed.run_id,
+            run.spec.name,
+            stack.rstrip(),
+            extra={"job": run.spec.name, "run_id": run.claimed.run_id, "action": "stuck"},
+        )
+        self._note_stack(run.claimed, stack)
 
     def wait_idle(self, timeout: float) -> bool:
         """Wait until no run is active (real time); True if idle."""
@@ -166,6 +198,7 @@ class Runner:
 
     def _execute(self, run: ActiveRun) -> None:
         spec, claimed = run.spec, run.claimed
+        run.thread_id = threading.get_ident()
         buffer = runlog.LogBuffer(self.max_log_bytes)
         runlog.bind(buffer)
         outcome: Outcome | None = None
