@@ -45,14 +45,13 @@ def build_service(settings: Settings, clock: Clock | None = None) -> Service:
     store = Store(settings.database_url)
     owner = Owner(uuid.uuid4().hex[:12], settings.instance_name, os.getpid())
     health = Health(clock)
-    recorder = Recorder(clock, store.runs.finish, spool_path(settings), health.database)
+    recorder = Recorder(
+        clock, store.runs.finish, spool_path(settings), health.database, store.runs.set_attempt
+    )
     health.when_recovered(recorder.nudge)
 
     def set_attempt(claimed: Claimed, attempt: int) -> None:
-        try:
-            store.runs.set_attempt(claimed.run_id, claimed.fence, attempt)
-        except SchedulerError as exc:
-            log.warning("could not record attempt %d of run %s: %s", attempt, claimed.run_id, exc)
+        recorder.record_attempt(claimed.run_id, claimed.fence, attempt)
 
     def on_run_done(run: ActiveRun) -> None:
         metrics.observe_run(run)

@@ -20,7 +20,7 @@ from scheduler.clock import Clock
 from scheduler.engine import runlog
 from scheduler.engine.guard import CrashLoopGuard
 from scheduler.engine.isolation import ChildFailed, ChildStopped, ProcessIsolation
-from scheduler.jobs.registry import JobSpec
+from scheduler.jobs.registry import JobSpec, retry_allowed
 from scheduler.store import Claimed, Outcome
 
 log = logging.getLogger(__name__)
@@ -155,11 +155,8 @@ class Runner:
                             "action": "overdue",
                         },
                     )
-                if now >= run.deadline_mono + STUCK_MARGIN:
+                if now >= run.deadline_mono + STUCK_MARGIN:  # the loop calls this at least every second
                     self._stuck(run)
-                elif not run.stack_noted:
-                    stuck_at = run.deadline_mono + STUCK_MARGIN
-                    upcoming = stuck_at if upcoming is None else min(upcoming, stuck_at)
             elif upcoming is None or run.deadline_mono < upcoming:
                 upcoming = run.deadline_mono
         return upcoming
@@ -237,7 +234,7 @@ class Runner:
                     return self._ended(run, attempt, buffer)
                 if self._overdue(run):
                     return self._outcome(run, "timed_out", attempt, buffer, exc)
-                if attempt > spec.retries:
+                if not retry_allowed(attempt, spec.retries):
                     return self._outcome(run, "failed", attempt, buffer, exc)
                 buffer.write(f"attempt {attempt} failed: {type(exc).__name__}: {exc}\n")
                 log.warning(

@@ -100,6 +100,17 @@ class JobSpec:
         return default == "process" or self.memory_limit is not None or self.cpu_limit is not None
 
 
+def retry_allowed(attempt: int, retries: int) -> bool:
+    """The retry policy, for the runner (after an error) and the leader (after a lost instance):
+    attempt `attempt` failed; another follows while attempts stay within 1 + `retries`."""
+    return attempt <= retries
+
+
+def retries_in(definition: dict[str, Any]) -> int:
+    """`retries` of a stored definition (JobSpec.definition()); 0 if absent."""
+    return int(definition.get("retries") or 0)
+
+
 def job(
     interval: timedelta | None = None,
     *,
