@@ -161,5 +161,5 @@ def test_run_command_rejects_an_unknown_section() -> None:
     assert proc.returncode == 2
     assert proc.stderr.strip() == (
         "bench: --only: unknown section 'nonsense' "
-        "(choose from lateness, drift, idle, throughput, once, failover, startup)"
+        "(choose from lateness, drift, idle, throughput, once, failover, startup, isolation)"
     )
