@@ -23,7 +23,7 @@ from scheduler.cluster.health import Health
 from scheduler.config import Settings
 from scheduler.engine.dispatcher import Dispatcher
 from scheduler.engine.recorder import Recorder
-from scheduler.engine.runner import ActiveRun, Runner
+from scheduler.engine.runner import Runner
 from scheduler.errors import SchedulerError
 from scheduler.jobs.registry import JobSpec, LoadProblem, load_jobs
 from scheduler.operator.http import Api, HttpServer
@@ -44,7 +44,13 @@ class Service:
         self.health = Health(self.clock)
         self.specs: dict[str, JobSpec] = {}
         self.problems: list[LoadProblem] = []
-        self.recorder = Recorder(self.clock, self.store.runs.finish, self.spool_path, self.health.database)
+        self.recorder = Recorder(
+            self.clock,
+            self.store.runs.finish,
+            self.spool_path,
+            self.health.database,
+            mark_started=self.store.runs.mark_started,
+        )
         self.health.when_recovered(self.recorder.nudge)
         self.runner = Runner(
             self.clock,
@@ -52,8 +58,8 @@ class Service:
             settings.max_log_bytes,
             self.recorder.record,
             self._set_attempt,
-            self._on_run_done,
             self.stop_event,
+            began=self.recorder.began,
         )
         self.dispatcher = Dispatcher(
             self.store,
@@ -65,6 +71,7 @@ class Service:
             min(1.0, settings.heartbeat.total_seconds()),
             self.health,
             settings.pool_size,
+            unwritten=self.recorder.pending_runs,
         )
         self.coordinator = Coordinator(
             self.store, self.clock, settings, self.owner, self.health, self._answering_for
@@ -78,7 +85,15 @@ class Service:
         self._coordinator_thread: threading.Thread | None = None
         self.on_stop: list[Callable[[], None]] = []
         leading, running = self.coordinator.holds_lease, self._running
-        self.metrics = Metrics(self.store, self.health, self.clock, self.owner.instance, leading, running)
+        self.metrics = Metrics(
+            self.store,
+            self.health,
+            self.clock,
+            self.owner.instance,
+            leading,
+            running,
+            self.runner.drain_ended,
+        )
         self.http: HttpServer | None = None
 
     @property
@@ -112,7 +127,7 @@ class Service:
             )
         self._load_jobs(now)
         self.coordinator.register(sorted(self.specs), self._problem_dicts(), now)
-        self.coordinator.step(now)
+        self.coordinator.beat(now)  # membership and leases now; the chores run on their own thread
         log.info(
             "started instance %s (pid %d) with %d jobs on %s",
             self.owner.instance,
@@ -122,6 +137,7 @@ class Service:
         )
         self.recorder.start()
         self._coordinator_thread = self._spawn("coordinator", self.coordinator.run, self._drained)
+        self._spawn("chores", self.coordinator.run_chores)
         self._spawn("dispatcher", self.dispatcher.run)
         self.watchdog.announce()
         self._spawn("watchdog", self.watchdog.run)
@@ -175,11 +191,6 @@ class Service:
     def _running(self) -> int:
         return len(self.runner.active())
 
-    def _on_run_done(self, run: ActiveRun) -> None:
-        self.metrics.observe_run(run)
-        # A queued slot of this job may now run: let the dispatcher look at once.
-        self.dispatcher.poll_soon()
-
     def reload(self) -> None:
         """SIGHUP: re-import job modules and re-read the log level."""
         try:
@@ -196,6 +207,7 @@ class Service:
     def serve_forever(self) -> None:
         """Block until stopped (signal handlers set the events), then shut down."""
         while not self.stop_event.is_set():
+            self.metrics.observe_ended()  # read from the runner: nothing calls up into this layer
             if self.reload_event.wait(0.5):
                 self.reload_event.clear()
                 if not self.stop_event.is_set():
