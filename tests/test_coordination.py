@@ -27,7 +27,7 @@ from scheduler.jobs.registry import make_spec
 from scheduler.store import Claim, Outcome, Owner, Store
 from scheduler.store.cluster import LEADER
 
-from tests.conftest import wait_until
+from tests.support.polling import wait_until
 
 HEARTBEAT = timedelta(seconds=1)
 TTL = timedelta(seconds=3)

@@ -111,7 +111,7 @@ def configure(log_dir: Path, level: str, max_bytes: int, backups: int, *, stderr
     root.addHandler(PreparedQueueHandler(records))
     # Nothing we format uses the caller's file and line or the process: finding the caller walks
     # the stack on every record.
-    logging._srcfile = None  # type: ignore[attr-defined]  # the documented way to skip findCaller
+    logging._srcfile = None  # the documented way to skip findCaller
     logging.logProcesses = logging.logMultiprocessing = False
     set_level(level)
     for noisy in ("sqlalchemy", "alembic", "urllib3", "waitress"):

@@ -48,6 +48,7 @@ _FINISH = (
     "lease_expires_at = NULL WHERE id = ? AND fence = ? AND status = 'running'"
 )
 
+
 def stored(at: datetime | None) -> str | None:
     """An instant as SQLite stores it: the text UTCDateTime and SQLAlchemy's SQLite DATETIME make
     of it (naive UTC, always with microseconds), without their per-value Python calls."""
