@@ -163,6 +163,12 @@ class Dispatcher:
     def tick(self, now: datetime) -> list[Claimed]:
         """Claim every slot due at `now`; start the runs won. Returns what was won.
 
+        The due jobs are decided, claimed and started CLAIM_CHUNK at a time, each chunk in
+        its own short transaction, so the first runs of a burst start while the rest is
+        still being claimed. On PostgreSQL the chunks are taken in a random order and locked
+        with SKIP LOCKED: instances claiming one burst at once each take a share instead of
+        queuing behind the first one's locks.
+
         Raises nothing: a database error leaves the due slots undecided, to be
         retried (and caught up per policy) on a later tick.
         """
@@ -183,19 +189,64 @@ class Dispatcher:
                 if state is not None and state.next_at == at:
                     due.append(state)
             due, deferred = self._within_capacity(due, now)
-            claims, decided = self._decide(due, now)
+            for state in deferred:
+                state.next_at = now + DEFER_STEP  # the cursor stays: the slot is still undecided
+                heapq.heappush(self._heap, (state.next_at, next(self._seq), state.spec.name))
+        if not self.store.is_sqlite:
+            random.shuffle(due)
+        won: list[Claimed] = []
+        failed = False
+        for start in range(0, len(due), CLAIM_CHUNK):
+            chunk = due[start : start + CLAIM_CHUNK]
+            if failed:  # the database failed on an earlier chunk: the rest stays undecided too
+                self._settle(chunk, now, {}, set(), failed=True)
+                continue
+            got, failed = self._tick_chunk(chunk, now)
+            won += got
+        return won
+
+    def _tick_chunk(self, chunk: list[JobState], now: datetime) -> tuple[list[Claimed], bool]:
+        """Decide, claim and start one chunk of due jobs; returns (won, whether the database failed)."""
+        with self._lock:
+            claims, decided = self._decide(chunk, now)
             notes, self._catchup_notes = self._catchup_notes, []
         if decided:
             # A run still waiting for a thread when its job's next slot is due has been overtaken:
             # it is recorded missed ("overloaded: ..."), and the new slot is claimed instead.
             self.runner.supersede(decided, "the instance fell behind")
-        won, left, failed = self._claim(claims, now)
-        if claims and not failed:
+        won: list[Claimed] = []
+        left: set[str] = set()
+        if claims:
+            idle = self.runner.waiting_ids() | self.unwritten()
+            try:
+                won, left = self.store.runs.claim_some(claims, self.owner, now, now + self.lease_ttl, idle)
+            except SchedulerError as exc:
+                self.health.database(False, str(exc))
+                self._backoff = min(MAX_BACKOFF, self._backoff * 2)
+                log.debug("claim failed, slots stay undecided: %s", exc)
+                self._settle(chunk, now, decided, left, failed=True)
+                return [], True
+            self.health.database(True, "")
+            self._backoff = MIN_BACKOFF
             self._log_catchup(notes)
+            self._start(won)
+        self._settle(chunk, now, decided, left, failed=False)
+        return won, False
+
+    def _settle(
+        self,
+        chunk: list[JobState],
+        now: datetime,
+        decided: dict[str, datetime],
+        left: set[str],
+        *,
+        failed: bool,
+    ) -> None:
+        """Move the cursors of a chunk's decided jobs and put every job of the chunk back on the heap."""
         with self._lock:
-            for state in due:
+            for state in chunk:
                 name = state.spec.name
-                if name in failed:
+                if failed:
                     # Undecided: retry soon; the catch-up policy applies if it stays down.
                     state.next_at = now + timedelta(seconds=self._backoff)
                     self._backing_off.add(name)
@@ -206,45 +257,6 @@ class Dispatcher:
                     state.cursor = decided.get(name, max(state.cursor, now))
                     state.next_at = state.schedule.next_after(state.cursor)
                 heapq.heappush(self._heap, (state.next_at, next(self._seq), name))
-            for state in deferred:
-                state.next_at = now + DEFER_STEP  # the cursor stays: the slot is still undecided
-                heapq.heappush(self._heap, (state.next_at, next(self._seq), state.spec.name))
-        return won
-
-    def _claim(self, claims: list[Claim], now: datetime) -> tuple[list[Claimed], set[str], set[str]]:
-        """Claim in chunks of CLAIM_CHUNK jobs, each its own short transaction, starting each chunk's
-        runs as soon as it commits. Returns (won, jobs left to a peer, jobs undecided by an error).
-
-        On PostgreSQL the jobs are taken in a random order and locked with SKIP LOCKED, so
-        instances claiming one burst at once each take a share instead of queuing behind
-        the first one's locks.
-        """
-        by_job: dict[str, list[Claim]] = {}
-        for claim in claims:
-            by_job.setdefault(claim.job, []).append(claim)
-        names = list(by_job)
-        if not self.store.is_sqlite:
-            random.shuffle(names)
-        won: list[Claimed] = []
-        left: set[str] = set()
-        idle = self.runner.waiting_ids() | self.unwritten() if names else set()
-        lease_until = now + self.lease_ttl
-        for start in range(0, len(names), CLAIM_CHUNK):
-            chunk = names[start : start + CLAIM_CHUNK]
-            batch = [c for name in chunk for c in by_job[name]]
-            try:
-                got, skipped = self.store.runs.claim_some(batch, self.owner, now, lease_until, idle)
-            except SchedulerError as exc:
-                self.health.database(False, str(exc))
-                self._backoff = min(MAX_BACKOFF, self._backoff * 2)
-                log.debug("claim failed, slots stay undecided: %s", exc)
-                return won, left, set(names[start:])
-            self.health.database(True, "")
-            self._backoff = MIN_BACKOFF
-            left |= skipped
-            self._start(got)
-            won += got
-        return won, left, set()
 
     def _within_capacity(self, due: list[JobState], now: datetime) -> tuple[list[JobState], list[JobState]]:
         """Split due jobs into those to claim now and those left to less busy peers for a moment.

@@ -33,6 +33,9 @@ IN_FLIGHT_WAIT = 30.0
 # A run still executing this long after it began gets its start written (other instances then
 # see its job busy); a shorter run's start is written with its end, in the same batch.
 BEGUN_DELAY = 0.05
+# After the first end of a burst, wait this long for more before writing: ends go in batches,
+# not one transaction each.
+GATHER = 0.02
 
 
 class Recorder:
@@ -70,8 +73,10 @@ class Recorder:
         if self._mark_started is None:
             return
         with self._cond:
+            first = not self._begun
             self._begun[claimed.run_id] = (claimed.fence, at, time.monotonic())
-            self._cond.notify()
+            if first:  # the writer's wait now has a deadline; otherwise it already has one
+                self._cond.notify()
 
     def _due_marks(self, take: bool) -> list[tuple[int, int, datetime]] | float | None:
         """The starts to write now (`take`: removed), else the seconds until the next is due (None: none)."""
@@ -152,6 +157,8 @@ class Recorder:
                     self._cond.wait(marks)
                 if self._closing:
                     return
+                if 0 < len(self._queue) < BATCH:
+                    self._cond.wait(GATHER)
             if self.flush_once():
                 if failing:
                     log.info("run records are being written again")
