@@ -6,6 +6,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from bench import render_headline
+
 FINDINGS = Path(__file__).with_name("FINDINGS.md")
 POOL_SIZE = 8
 
@@ -53,7 +55,7 @@ def _lat(result: Any) -> str:
 
 def tables(results: dict[str, Any], plan: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]]]]:
     """(title, header, rows) for every section that ran."""
-    out: list[tuple[str, list[str], list[list[str]]]] = []
+    out: list[tuple[str, list[str], list[list[str]]]] = list(render_headline.tables(results))
     if "lateness" in results:
         rows = []
         for row in results["lateness"]:
@@ -297,8 +299,10 @@ def _trials(trials: list[dict[str, Any]]) -> str:
 
 
 def targets(results: dict[str, Any], plan: dict[str, Any]) -> list[tuple[str, str, str]]:
-    """(target, measured figure, 'met' / 'NOT met' / 'not measured')."""
-    out: list[tuple[str, str, str]] = []
+    """(target, measured figure, 'met' / 'NOT met' / 'not measured'); the headline targets first."""
+    out: list[tuple[str, str, str]] = list(render_headline.targets(results))
+    if "lateness" not in results:  # a --headline run: only its own targets
+        return out
 
     def verdict(ok: bool | None) -> str:
         return "not measured" if ok is None else ("met" if ok else "**NOT met**")
