@@ -158,7 +158,7 @@ def targets(results: dict[str, Any], lease_ttl: float = 10.0) -> list[tuple[str,
     out: list[tuple[str, str, str]] = []
 
     def verdict(ok: bool | None) -> str:
-        return "n/a" if ok is None else ("**met**" if ok else "**missed**")
+        return "not measured" if ok is None else ("met" if ok else "**NOT met**")
 
     b = h.get("burst") or {}
     o, a = b.get("ours"), b.get("apscheduler")
