@@ -122,13 +122,18 @@ def test_a_run_waiting_for_a_thread_is_overtaken_by_its_next_slot_and_recorded_o
     release = threading.Event()
     h = Harness(db_url, tmp_path, clock, threads=1)
     try:
-        h.load(every("hold.job", 60, lambda: release.wait(WAIT)), every("queued.job", 10))
+        hold = every("hold.job", 60, lambda: release.wait(WAIT))
+        h.load(hold)
         clock.advance(timedelta(seconds=1))
-        h.dispatcher.tick(clock.now())  # the only thread holds hold.job; queued.job waits for it
-        wait_until(lambda: h.runner.executing() == 1 and len(h.runner.waiting_ids()) == 1)
-        clock.advance(timedelta(seconds=10))
+        h.dispatcher.tick(clock.now())  # the only thread holds hold.job
+        wait_until(lambda: h.runner.executing() == 1)
+        h.load(hold, every("queued.job", 10))
+        clock.advance(timedelta(seconds=1))  # queued.job's first slot
         assert h.dispatcher.tick(clock.now()) == []  # every thread busy: left to peers for a moment
         clock.advance(DEFER_LIMIT)
+        (first,) = h.dispatcher.tick(clock.now())  # then claimed anyway: it waits for the thread
+        assert first.job == "queued.job" and h.runner.waiting_ids() == {first.run_id}
+        clock.advance(timedelta(seconds=10))  # the next slot (already DEFER_LIMIT late: no deferral)
         (won,) = h.dispatcher.tick(clock.now())
         # still waiting is not "still running": the new slot is claimed to run, not skipped
         assert (won.job, won.status) == ("queued.job", "running")
@@ -285,3 +290,19 @@ def test_log_records_reach_info_log_through_the_writer_thread(tmp_path: Path) ->
         logsetup.stop_writer()
         root.handlers[:] = saved[0]
         root.setLevel(saved[1])
+
+
+def test_renewing_many_runs_renews_exactly_the_ids_given_not_an_unknown_one_between_them(
+    store: Store,
+) -> None:
+    now = datetime(2026, 3, 1, 12, tzinfo=UTC)
+    won = store.runs.claim(
+        [Claim(f"renew.j{i}", now) for i in range(7)], OWNER, now, now + timedelta(seconds=10)
+    )
+    ids = sorted(c.run_id for c in won)
+    unknown = ids[3]  # e.g. a claim whose commit went through while its reply was lost
+    later = now + timedelta(minutes=5)
+    assert store.runs.renew(OWNER.instance, later, set(ids) - {unknown}) == 6
+    leases = {r.id: r.lease_expires_at for r in store.runs.history(limit=100)}
+    assert leases[unknown] == now + timedelta(seconds=10)
+    assert all(leases[i] == later for i in ids if i != unknown)
