@@ -18,6 +18,7 @@ import sys
 import time
 from pathlib import Path
 
+from scheduler import writable
 from scheduler.engine import runlog
 
 FORMAT = "%(asctime)s %(levelname)s [%(threadName)s] %(name)s: %(message)s"
@@ -26,14 +27,67 @@ BATCH = 1000
 _listener: BatchListener | None = None
 
 
-class LazyFlushFileHandler(logging.handlers.RotatingFileHandler):
-    """A rotated file the writer flushes once per batch, checking its size without formatting twice."""
+class QuietRotatingFileHandler(logging.handlers.RotatingFileHandler):
+    """A log file that, when it cannot be written (a full disk), says so in one line.
+
+    logging's default prints a "--- Logging error ---" traceback per record to
+    sys.stderr, which, on a job's thread, is captured into that run's log: every run
+    would fill with them. Instead: one line on the process's real stderr when writing
+    starts failing, one when it works again, nothing per record.
+    """
+
+    failing = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        super().emit(record)
+        if self.failing and not self._last_failed:
+            self.failing = False
+            _say(f"scheduler: logging to {self.baseFilename} works again")
+        self._last_failed = False
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        self._last_failed = True
+        if self.failing:
+            return
+        self.failing = True
+        error = sys.exc_info()[1]
+        reason = getattr(error, "strerror", None) or error
+        _say(f"scheduler: cannot write {self.baseFilename}: {reason}; log lines are dropped until it can")
+
+    _last_failed = False
+
+
+def _say(line: str) -> None:
+    """One line on the real stderr (not the per-run capture); ignored if that fails too."""
+    try:
+        stream = sys.__stderr__
+        if stream is not None:
+            stream.write(line + "\n")
+            stream.flush()
+    except (OSError, ValueError):
+        pass
+
+
+class LazyFlushFileHandler(QuietRotatingFileHandler):
+    """The rotated file, flushed by the writer once per batch, its size checked without formatting
+    twice. A write that fails (a full disk) is reported as QuietRotatingFileHandler does."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        # Buffered: whether the disk took it is known at flush_batch, which reports either way.
+        logging.handlers.RotatingFileHandler.emit(self, record)
 
     def flush(self) -> None:  # StreamHandler.emit flushes after every record: the writer does it per batch
         pass
 
     def flush_batch(self) -> None:
-        super().flush()
+        try:
+            logging.StreamHandler.flush(self)
+        except Exception:
+            self.handleError(_FLUSH)
+            return
+        if self.failing:
+            self.failing = False
+            _say(f"scheduler: logging to {self.baseFilename} works again")
 
     def shouldRollover(self, record: logging.LogRecord) -> bool:
         # The stdlib formats the record a second time and stats the file on every record.
@@ -41,6 +95,9 @@ class LazyFlushFileHandler(logging.handlers.RotatingFileHandler):
         if self.stream is None or self.maxBytes <= 0:
             return False
         return bool(self.stream.tell() >= self.maxBytes)
+
+
+_FLUSH = logging.makeLogRecord({"msg": "flushing the log file"})
 
 
 class FastFormatter(logging.Formatter):
@@ -104,10 +161,13 @@ class BatchListener(logging.handlers.QueueListener):
                     continue
                 self.handle(record)
             for handler in self.handlers:
-                if isinstance(handler, LazyFlushFileHandler):
-                    handler.flush_batch()
-                else:
-                    handler.flush()
+                try:
+                    if isinstance(handler, LazyFlushFileHandler):
+                        handler.flush_batch()
+                    else:
+                        handler.flush()
+                except Exception:  # a closed or broken stderr: the writer thread must go on
+                    pass
             if stop:
                 return
 
@@ -115,7 +175,7 @@ class BatchListener(logging.handlers.QueueListener):
 def configure(log_dir: Path, level: str, max_bytes: int, backups: int, *, stderr: bool) -> Path:
     """Send logs to `log_dir/info.log` (rotated) and, in the foreground, to stderr."""
     global _listener
-    log_dir.mkdir(parents=True, exist_ok=True)
+    writable.make(log_dir, "SCHEDULER_LOG_DIR")  # ConfigError naming the folder, not a traceback
     path = log_dir / "info.log"
     stop_writer()
     root = logging.getLogger()
