@@ -166,7 +166,7 @@ class BatchListener(logging.handlers.QueueListener):
                         handler.flush_batch()
                     else:
                         handler.flush()
-                except Exception:  # a closed or broken stderr: the writer thread must go on
+                except Exception:  # noqa: S110 (a closed or broken stderr: the writer thread must go on)
                     pass
             if stop:
                 return

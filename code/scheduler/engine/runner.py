@@ -233,18 +233,17 @@ class Runner:
 
     def _execute(self, run: ActiveRun) -> None:
         spec, claimed = run.spec, run.claimed
-        # Logged before the capture is bound: info.log shows it; the run's own log need not.
-        log.info(
-            "run %s of %s started (slot %s)",
-            claimed.run_id,
-            spec.name,
-            claimed.scheduled_for.isoformat(),
-            extra={"job": spec.name, "run_id": claimed.run_id, "action": "start"},
-        )
         buffer = runlog.LogBuffer(self.max_log_bytes)
         runlog.bind(buffer)
         outcome: Outcome | None = None
         try:
+            log.info(
+                "run %s of %s started (slot %s)",
+                claimed.run_id,
+                spec.name,
+                claimed.scheduled_for.isoformat(),
+                extra={"job": spec.name, "run_id": claimed.run_id, "action": "start"},
+            )
             outcome = self._attempts(run, buffer)
         except BaseException as exc:  # a bug here must still end the run record
             outcome = self._outcome(run, "failed", 1, buffer, exc)
