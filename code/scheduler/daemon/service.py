@@ -106,6 +106,9 @@ class Service:
                 extra={"job": run.job, "run_id": run.id, "action": "abandoned"},
             )
         self._load_jobs(now)
+        # Loading 10,000 jobs takes seconds: the instance row's heartbeat and expiry are from now,
+        # not from before the load (it would join the cluster already expired).
+        now = self.clock.now()
         self.coordinator.register(sorted(self.specs), self._problem_dicts(), now)
         self.coordinator.beat(now)  # membership and leases now; the chores run on their own thread
         log.info(
