@@ -25,7 +25,7 @@ from bench import render
 from bench.common import REPO, machine, pg_problem, run_child, versions
 
 DEFAULT_OUTPUT = REPO / "docs" / "BENCHMARKS.md"
-SECTIONS = ("headline", "lateness", "drift", "idle", "throughput", "once", "failover", "startup")
+SECTIONS = ("headline", "lateness", "drift", "idle", "throughput", "once", "failover", "startup", "isolation")
 
 # The headline cases (bench/burst.py): jobs due together, lateness from inside the job body.
 HEADLINE_FULL: dict[str, Any] = {
@@ -68,6 +68,7 @@ FULL: dict[str, Any] = {
     "once": {"jobs": 1000, "interval": 1.0, "warmup": 5.0, "duration": 120.0, "peer_duration": 60.0},
     "failover": {"trials": 3, "interval": 0.25, "heartbeat": 2.0, "lease_ttl": 10.0},
     "startup": {"jobs": 1000, "cron_seconds": 1.0},
+    "isolation": {"runs": 300, "warmup": 10},
 }
 
 QUICK: dict[str, Any] = {
@@ -90,6 +91,7 @@ QUICK: dict[str, Any] = {
     "once": {"jobs": 50, "interval": 1.0, "warmup": 0.5, "duration": 2.0, "peer_duration": 2.0},
     "failover": {"trials": 1, "interval": 0.25, "heartbeat": 0.5, "lease_ttl": 1.5},
     "startup": {"jobs": 100, "cron_seconds": 0.05},
+    "isolation": {"runs": 10, "warmup": 2},
 }
 
 
@@ -311,6 +313,10 @@ def run_startup(plan: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def run_isolation(plan: dict[str, Any]) -> dict[str, Any]:
+    return _child("isolation", plan, plan["runs"] * 3 + 120)
+
+
 RUNNERS = {
     "headline": run_headline,
     "lateness": run_lateness,
@@ -320,6 +326,7 @@ RUNNERS = {
     "once": run_once,
     "failover": run_failover,
     "startup": run_startup,
+    "isolation": run_isolation,
 }
 
 

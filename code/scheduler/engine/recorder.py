@@ -46,11 +46,14 @@ class Recorder:
         spool: Path,
         on_health: Callable[[bool, str], None] = lambda ok, why: None,
         mark_started: Callable[[Sequence[tuple[int, int, datetime]]], None] | None = None,
+        write_attempt: Callable[[int, int, int], bool] = lambda run_id, fence, attempt: True,
     ) -> None:
         self.clock = clock
         self._write = write
         self._mark_started = mark_started
         self._begun: dict[int, tuple[int, datetime, float]] = {}
+        self._write_attempt = write_attempt
+        self._attempts: dict[int, tuple[int, int]] = {}  # run_id -> (fence, attempt) of a retry begun
         self.spool = spool
         self._on_health = on_health
         self._queue: deque[Outcome] = deque()
@@ -101,6 +104,12 @@ class Recorder:
         except SchedulerError as exc:  # only a hint to the peers' skip-if-running check
             log.debug("could not write %d run starts: %s", len(marks), exc)
 
+    def record_attempt(self, run_id: int, fence: int, attempt: int) -> None:
+        """A retry began: its attempt number is written behind the job, like the ends."""
+        with self._cond:
+            self._attempts[run_id] = (fence, attempt)
+            self._cond.notify()
+
     @property
     def pending(self) -> int:
         with self._cond:
@@ -117,6 +126,8 @@ class Recorder:
 
     def flush_once(self) -> bool:
         """Write what is queued now; False if the database did not take it."""
+        if not self._flush_attempts():
+            return False
         with self._cond:
             batch = [self._queue.popleft() for _ in range(min(BATCH, len(self._queue)))]
             self._writing = {o.run_id for o in batch}
@@ -145,12 +156,28 @@ class Recorder:
             )
         return True
 
+    def _flush_attempts(self) -> bool:
+        with self._cond:
+            attempts, self._attempts = self._attempts, {}
+            ending = {o.run_id for o in self._queue}
+        try:
+            for run_id, (fence, attempt) in attempts.items():
+                if run_id not in ending:  # an end queued already carries its attempt
+                    self._write_attempt(run_id, fence, attempt)
+        except (StoreUnavailable, SchedulerError) as exc:
+            with self._cond:
+                for run_id, value in attempts.items():
+                    self._attempts.setdefault(run_id, value)
+            self._on_health(False, str(exc))
+            return False
+        return True
+
     def _loop(self) -> None:
         backoff = MIN_BACKOFF
         failing = False
         while True:
             with self._cond:
-                while not (self._queue or self._closing):
+                while not (self._queue or self._attempts or self._closing):
                     marks = self._due_marks(take=False)
                     if isinstance(marks, list):
                         break
