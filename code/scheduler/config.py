@@ -46,6 +46,7 @@ class Settings:
     http_host: str = "127.0.0.1"
     http_port: int = 8080
     api_token: str = ""
+    metrics_per_job_histograms: bool = False
     slack_webhook_url: str = ""
     slack_token: str = ""
     slack_channel: str = "#dev-notify"

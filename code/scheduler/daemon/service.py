@@ -78,7 +78,15 @@ class Service:
         self._coordinator_thread: threading.Thread | None = None
         self.on_stop: list[Callable[[], None]] = []
         leading, running = self.coordinator.holds_lease, self._running
-        self.metrics = Metrics(self.store, self.health, self.clock, self.owner.instance, leading, running)
+        self.metrics = Metrics(
+            self.store,
+            self.health,
+            self.clock,
+            self.owner.instance,
+            leading,
+            running,
+            per_job_histograms=self.settings.metrics_per_job_histograms,
+        )
         self.http: HttpServer | None = None
 
     @property

@@ -91,6 +91,18 @@ class RunReads:
             rows = conn.execute(sa.select(runs).join(latest, runs.c.id == latest.c.id))
             return {r.job: RunRow.from_row(r) for r in rows}
 
+    def finish_times(self) -> dict[str, tuple[datetime | None, datetime | None]]:
+        """Per job: when its latest run ended, and when its latest successful run ended."""
+        succeeded = sa.case((runs.c.status == "succeeded", runs.c.finished_at))
+        query = sa.select(runs.c.job, sa.func.max(runs.c.finished_at), sa.func.max(succeeded)).group_by(
+            runs.c.job
+        )
+        with self.db.read() as conn:
+            return {
+                job: (_aware(last) if last else None, _aware(ok) if ok else None)
+                for job, last, ok in conn.execute(query)
+            }
+
     def count_by_status(self) -> dict[tuple[str, str], int]:
         with self.db.read() as conn:
             query = sa.select(runs.c.job, runs.c.status, sa.func.count()).group_by(runs.c.job, runs.c.status)
