@@ -44,7 +44,7 @@ LATENESS_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 3600)
 FAILED = frozenset({"failed", "timed_out", "abandoned"})
 
 # A `_created` sample per counter and histogram child doubles the series for no use here.
-disable_created_metrics()
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 
 class Metrics:
