@@ -101,7 +101,14 @@ class Service:
         Raises SchedulerError (StoreError, AlreadyRunningError, ...) if it cannot start.
         """
         if self.settings.http_enabled:  # bind first: a taken port fails the start before anything runs
-            app = Api(self.store, self.health, self.clock, self.settings.api_token, self.metrics)
+            app = Api(
+                self.store,
+                self.health,
+                self.clock,
+                self.settings.api_token,
+                self.metrics,
+                live_log=self.runner.live_log,
+            )
             self.http = HttpServer(app, self.settings.http_host, self.settings.http_port)
         self.store.upgrade()
         now = self.clock.now()

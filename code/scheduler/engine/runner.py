@@ -50,6 +50,7 @@ class ActiveRun:
     overdue_logged: bool = False
     began_at: datetime | None = None
     outcome: Outcome | None = None  # set when the run ends, before `on_done`
+    log: runlog.LogBuffer | None = None  # what it logged so far, while it runs (the dashboard's tail)
 
 
 class Runner:
@@ -91,6 +92,12 @@ class Runner:
         with self._lock:
             self._active[claimed.run_id] = active
         self._pool.submit(self._execute, active)
+
+    def live_log(self, run_id: int) -> str | None:
+        """The log so far of a run executing here; None if it does not run in this process."""
+        with self._lock:
+            run = self._active.get(run_id)
+        return run.log.text() if run is not None and run.log is not None else None
 
     def active(self) -> list[ActiveRun]:
         with self._lock:
@@ -143,6 +150,7 @@ class Runner:
     def _execute(self, run: ActiveRun) -> None:
         spec, claimed = run.spec, run.claimed
         buffer = runlog.LogBuffer(self.max_log_bytes)
+        run.log = buffer
         runlog.bind(buffer)
         outcome: Outcome | None = None
         try:

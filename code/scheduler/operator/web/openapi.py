@@ -1,7 +1,8 @@
-"""The OpenAPI 3.1 document of the JSON API, served at /api/openapi.json.
+"""The OpenAPI 3.1 document of the HTTP API, served at /api/openapi.json.
 
 The shapes are those of `scheduler.operator.queries`; a test checks that every route of
-`api.Api` is described here and nothing else.
+`http.Api` (JSON, dashboard pages, static files, /metrics) is described here and nothing
+else, and a schemathesis run checks the server against it.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from typing import Any
 
 from scheduler import __version__
 
+JOB_STATES = ("failing", "late", "paused", "never-run", "skipping", "active", "disabled")
+JOB_SORTS = ("name", "next", "last", "status")
 STATUSES = ["queued", "running", "succeeded", "failed", "timed_out", "skipped", "missed", "abandoned"]
 NULL_STRING = {"type": ["string", "null"]}
 NULL_TIME = {"type": ["string", "null"], "format": "date-time"}
@@ -25,7 +28,7 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
 
 
 ERRORS = {
-    400: "Invalid parameter or payload",
+    400: "Invalid parameter or payload (a path that is not UTF-8, such as %FF, included)",
     401: "Missing or wrong bearer token",
     403: "Writes are disabled (no API token configured)",
     404: "No such job or run",
@@ -209,14 +212,24 @@ def _schemas() -> dict[str, Any]:
             "required": ["ok", "reason"],
         },
         "ScheduleChange": {
-            "type": "object",
-            "additionalProperties": False,
-            "properties": {
-                "interval": {"type": ["string", "number"], "description": "seconds, or text like '5m'"},
-                "cron": {"type": "string"},
-                "timezone": {"type": "string", "description": "zone of a cron schedule (default UTC)"},
-                "clear": {"type": "boolean", "description": "true: back to the schedule in the code"},
-            },
+            "description": "exactly one shape: an interval, a cron (and zone), or clear",
+            "oneOf": [
+                _strict(interval={"type": ["string", "number"], "description": "seconds, or text like '5m'"}),
+                {
+                    "type": "object",
+                    "properties": {
+                        "cron": {"type": "string", "maxLength": 200},
+                        "timezone": {
+                            "type": "string",
+                            "maxLength": 64,
+                            "description": "zone of the cron schedule (default UTC)",
+                        },
+                    },
+                    "required": ["cron"],
+                    "additionalProperties": False,
+                },
+                _strict(clear={"const": True, "description": "back to the schedule in the code"}),
+            ],
         },
     }
 
@@ -240,7 +253,10 @@ def _paths() -> dict[str, Any]:
         "/api/jobs/{name}": {
             "parameters": [JOB_NAME],
             "get": _op(
-                "One job, with its definition and recent runs", {"200": _json(_ref("JobDetail"), "Job")}, 404
+                "One job, with its definition and recent runs",
+                {"200": _json(_ref("JobDetail"), "Job")},
+                400,
+                404,
             ),
         },
         "/api/jobs/{name}/next": {
@@ -336,6 +352,80 @@ def _paths() -> dict[str, Any]:
             "get": {
                 "summary": "This document",
                 "responses": {"200": _json({"type": "object"}, "OpenAPI 3.1")},
+            }
+        },
+        **_pages(),
+    }
+
+
+def _text(media: str, description: str) -> dict[str, Any]:
+    return {"description": description, "content": {media: {"schema": {"type": "string"}}}}
+
+
+HTML = "text/html"
+
+
+def _pages() -> dict[str, Any]:
+    """The dashboard's pages, its static files and /metrics: not JSON, but part of the contract."""
+    page_errors = {"503": _text(HTML, "The database is unavailable (the page says so and retries)")}
+    return {
+        "/": {
+            "get": {
+                "summary": "The dashboard: health, incidents, the jobs list, recent runs, instances",
+                "parameters": [
+                    _query("q", {"type": "string"}, "jobs whose name contains this"),
+                    _query("state", {"enum": ["", *JOB_STATES]}, "jobs in this state (empty: any)"),
+                    _query("sort", {"enum": list(JOB_SORTS)}, "order of the jobs list (default name)"),
+                    _query("page", {"type": "integer", "minimum": 1}, "page of the jobs list (default 1)"),
+                ],
+                "responses": {
+                    "200": _text(HTML, "The page"),
+                    **page_errors,
+                    "400": _json(_ref("Error"), "Invalid parameter"),
+                },
+            }
+        },
+        "/jobs/{name}": {
+            "parameters": [JOB_NAME],
+            "get": {
+                "summary": "A job's page: schedule, next slots, last runs, durations, incidents, audit",
+                "responses": {
+                    "200": _text(HTML, "The page"),
+                    **_errors(400, 404),
+                    **page_errors,
+                },
+            },
+        },
+        "/runs/{run_id}": {
+            "parameters": [RUN_ID],
+            "get": {
+                "summary": "A run's page: its facts, error and log (live while it runs)",
+                "responses": {"200": _text(HTML, "The page"), **_errors(400, 404), **page_errors},
+            },
+        },
+        "/static/{file}": {
+            "parameters": [{"name": "file", "in": "path", "required": True, "schema": {"type": "string"}}],
+            "get": {
+                "summary": "The dashboard's stylesheet and script",
+                "responses": {
+                    "200": {
+                        "description": "The file",
+                        "content": {
+                            "text/css": {"schema": {"type": "string"}},
+                            "text/javascript": {"schema": {"type": "string"}},
+                        },
+                    },
+                    **_errors(400, 404),
+                },
+            },
+        },
+        "/metrics": {
+            "get": {
+                "summary": "Prometheus metrics (gzip when Accept-Encoding asks for it)",
+                "responses": {
+                    "200": _text("text/plain", "The Prometheus text exposition format"),
+                    "404": _json(_ref("Error"), "Metrics are not enabled in this app"),
+                },
             }
         },
     }
