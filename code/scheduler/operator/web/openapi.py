@@ -376,7 +376,11 @@ def _pages() -> dict[str, Any]:
                     _query("q", {"type": "string"}, "jobs whose name contains this"),
                     _query("state", {"enum": ["", *JOB_STATES]}, "jobs in this state (empty: any)"),
                     _query("sort", {"enum": list(JOB_SORTS)}, "order of the jobs list (default name)"),
-                    _query("page", {"type": "integer", "minimum": 1}, "page of the jobs list (default 1)"),
+                    _query(
+                        "page",
+                        {"type": "integer", "minimum": 1, "maximum": 1_000_000},
+                        "page of the jobs list (default 1; past the last page shows the last)",
+                    ),
                 ],
                 "responses": {
                     "200": _text(HTML, "The page"),
@@ -404,7 +408,14 @@ def _pages() -> dict[str, Any]:
             },
         },
         "/static/{file}": {
-            "parameters": [{"name": "file", "in": "path", "required": True, "schema": {"type": "string"}}],
+            "parameters": [
+                {
+                    "name": "file",
+                    "in": "path",
+                    "required": True,
+                    "schema": {"enum": ["dashboard.css", "dashboard.js"]},
+                }
+            ],
             "get": {
                 "summary": "The dashboard's stylesheet and script",
                 "responses": {
