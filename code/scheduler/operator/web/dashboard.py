@@ -158,7 +158,8 @@ def _pager(listing: Listing) -> str:
         shown += f" matching ({listing.total} in all)"
 
     def link(page: int, text: str, rel: str) -> str:
-        query = {"q": wanted.text, "state": wanted.state, "sort": wanted.sort, "page": page}
+        sort = "" if wanted.sort == "name" else wanted.sort  # the default stays out of the link
+        query = {"q": wanted.text, "state": wanted.state, "sort": sort, "page": page}
         href = "/?" + urlencode({k: v for k, v in query.items() if v})
         return f'<a href="{escape(href)}" rel="{rel}" id="page-{rel}">{text}</a>'
 

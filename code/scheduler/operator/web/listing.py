@@ -5,14 +5,15 @@ Built from light reads (job rows, each job's latest run without its log), so
 A job's state, as the filter names it:
 
 - failing: its latest run failed, timed out or was abandoned;
+- never-run: no run recorded;
 - late: its next slot is past its grace and has not started;
 - skipping: its latest SKIP_STREAK slots were all skipped (its runs outlast its period);
-- never-run: no run recorded; paused; disabled (in its code); else active.
+- paused; disabled (in its code); else active.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -84,10 +85,10 @@ def job_state(row: JobRow, last: RunBrief | None, next_at: datetime | None, now:
         return "paused"
     if last is not None and last.status in FAILED:
         return "failing"
+    if last is None:  # as the watchdog's "inactive": never ran, whether or not a slot is due
+        return "never-run"
     if next_at is not None and next_at + _grace(row) < now:
         return "late"
-    if last is None:
-        return "never-run"
     return "active"
 
 
@@ -123,10 +124,9 @@ def build(store: Store, now: datetime, wanted: Filter, page_size: int = PAGE_SIZ
                 last,
             )
         )
+    lines = _mark_skipping(store, lines)
     kept = [line for line in lines if wanted.text.lower() in line.name.lower()]
-    if wanted.state == "skipping":
-        kept = _skipping(store, [line for line in kept if line.last and line.last.status == "skipped"])
-    elif wanted.state:
+    if wanted.state:
         kept = [line for line in kept if line.state == wanted.state]
     kept.sort(key=_sort_key(wanted.sort))
     pages = max(1, -(-len(kept) // page_size))
@@ -137,14 +137,19 @@ def build(store: Store, now: datetime, wanted: Filter, page_size: int = PAGE_SIZ
     return Listing(shown, len(lines), len(kept), page, pages, wanted)
 
 
-def _skipping(store: Store, candidates: list[JobLine]) -> list[JobLine]:
-    recent = store.runs.recent_per_job([line.name for line in candidates], SKIP_STREAK * 2)
-    return [line for line in candidates if skipping(recent.get(line.name, []))]
+def _mark_skipping(store: Store, lines: list[JobLine]) -> list[JobLine]:
+    """Active jobs whose latest run was skipped, and the slots before it too, become `skipping`."""
+    candidates = [
+        line.name for line in lines if line.state == "active" and line.last and line.last.status == "skipped"
+    ]
+    recent = store.runs.recent_per_job(candidates, SKIP_STREAK * 2)
+    return [
+        replace(line, state="skipping") if skipping(recent.get(line.name, [])) else line for line in lines
+    ]
 
 
 def _with_strip(line: JobLine, strip: tuple[RunBrief, ...]) -> JobLine:
-    state = "skipping" if line.state == "active" and skipping(strip) else line.state
-    return JobLine(**{**line.__dict__, "strip": strip, "state": state})
+    return replace(line, strip=strip)
 
 
 STATE_ORDER = {s: i for i, s in enumerate(("failing", "late", "skipping", "never-run", "paused", "active"))}
