@@ -28,6 +28,8 @@ from scheduler.operator.metrics import Metrics
 from scheduler.operator.web import openapi
 from scheduler.store import Claim, InstanceRow, Outcome, Owner, Store
 
+from tests.support.wsgi import call
+
 TOKEN = "t0ken-for-tests"
 OWNER = Owner("inst-a", "host-a", 4242)
 
@@ -70,36 +72,6 @@ def world(store: Store, clock: FakeClock) -> Store:
 def app(world: Store, clock: FakeClock) -> Api:
     health = Health(clock)
     return Api(world, health, clock, TOKEN, Metrics(world, health, clock, "inst-a"))
-
-
-def call(
-    app: Any,
-    method: str,
-    path: str,
-    body: bytes = b"",
-    token: str | None = None,
-    query: str = "",
-    remote: str = "10.1.2.3",
-    headers: dict[str, str] | None = None,
-) -> tuple[int, dict[str, str], bytes]:
-    environ: dict[str, Any] = {
-        "REQUEST_METHOD": method,
-        "PATH_INFO": path.encode().decode("latin-1"),
-        "QUERY_STRING": query,
-        "CONTENT_LENGTH": str(len(body)),
-        "REMOTE_ADDR": remote,
-        "wsgi.input": io.BytesIO(body),
-    }
-    if token is not None:
-        environ["HTTP_AUTHORIZATION"] = f"Bearer {token}"
-    environ.update(headers or {})
-    seen: dict[str, Any] = {}
-
-    def start_response(status: str, response_headers: list[tuple[str, str]]) -> None:
-        seen["status"], seen["headers"] = int(status.split()[0]), dict(response_headers)
-
-    data = b"".join(app(environ, start_response))
-    return seen["status"], seen["headers"], data
 
 
 def get_json(app: Api, path: str, query: str = "", status: int = 200) -> Any:

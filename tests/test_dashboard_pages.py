@@ -14,7 +14,7 @@ from scheduler.jobs.registry import make_spec
 from scheduler.operator.http import Api
 from scheduler.store import Claim, Outcome, Owner, Store
 
-from tests.test_api import call
+from tests.support.wsgi import call
 
 TOKEN = "t0ken"
 OWNER = Owner("inst-a", "host-a", 4242)
