@@ -27,6 +27,7 @@ from scheduler.clock import Clock
 from scheduler.cluster.health import Health
 from scheduler.errors import ConfigError, JobDefinitionError, NotFoundError, StoreUnavailable
 from scheduler.operator import queries as views
+from scheduler.operator.catalog import JobCatalog
 from scheduler.operator.metrics import Metrics
 from scheduler.operator.web import dashboard, listing, openapi, pages, site
 from scheduler.store import Store
@@ -141,6 +142,7 @@ class Api:
     ) -> None:
         self.store = store
         self.live_log = live_log  # a running run's log so far, if it runs in this process
+        self.catalog = JobCatalog(store, clock)  # the jobs list's rows, kept between pages
         self.health = health
         self.clock = clock
         self._token = api_token.encode()
@@ -340,7 +342,8 @@ class Api:
             request.arg("q"), request.arg("state"), request.arg("sort"), request.arg("page")
         )
         try:
-            html = site.front_page(self.store, self.health.report(), now, wanted, bool(self._token))
+            report = self.health.report()
+            html = site.front_page(self.store, self.catalog, report, now, wanted, bool(self._token))
         except StoreUnavailable as exc:
             return _html(dashboard.render_unavailable(str(exc), now), 503)
         return _html(html)

@@ -103,9 +103,12 @@ def skipping(strip: tuple[RunBrief, ...] | list[RunBrief]) -> bool:
     return len(slots) == SKIP_STREAK and all(r.status == "skipped" for r in slots)
 
 
-def build(store: Store, now: datetime, wanted: Filter, page_size: int = PAGE_SIZE) -> Listing:
-    """The page of jobs `wanted` asks for, with their strips. Raises StoreUnavailable."""
-    rows = store.jobs.all()
+def build(
+    store: Store, now: datetime, wanted: Filter, rows: list[JobRow] | None = None, page_size: int = PAGE_SIZE
+) -> Listing:
+    """The page of jobs `wanted` asks for, with their strips; `rows` are every job's row (read
+    here if not given). Raises StoreUnavailable."""
+    rows = store.jobs.all() if rows is None else rows
     latest = store.runs.latest_briefs()
     slots = store.runs.last_slots()
     lines = []

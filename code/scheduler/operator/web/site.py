@@ -7,6 +7,7 @@ from typing import Any
 
 from scheduler.cluster.health import HealthReport
 from scheduler.operator import queries as views
+from scheduler.operator.catalog import JobCatalog
 from scheduler.operator.web import dashboard, listing, pages
 from scheduler.store import Store
 
@@ -14,11 +15,16 @@ JOB_PAGE_RUNS = 50  # runs in a job page's strip and chart
 
 
 def front_page(
-    store: Store, health: HealthReport, now: datetime, wanted: listing.Filter, writable: bool
+    store: Store,
+    catalog: JobCatalog,
+    health: HealthReport,
+    now: datetime,
+    wanted: listing.Filter,
+    writable: bool,
 ) -> str:
     """Raises StoreUnavailable."""
     return dashboard.render_page(
-        listing=listing.build(store, now, wanted),
+        listing=listing.build(store, now, wanted, catalog.rows()),
         runs=views.list_runs(store, limit=25),
         instances=views.list_instances(store, now, limit=10),
         alerts=views.list_alerts(store, True, 20),
