@@ -132,7 +132,7 @@ def duration_chart(runs: Sequence[RunBrief], width: int = 600, height: int = 120
         return '<p class="muted">No finished runs to chart yet.</p>'
     top = max(r.duration_seconds or 0.0 for r in timed) or 1.0
     slot = width / max(len(timed), 1)
-    bar = max(slot * 0.7, 1.0)
+    bar = min(max(slot * 0.7, 1.0), 24.0)
     plot = height - 18
     bars = []
     for i, run in enumerate(timed):

@@ -54,7 +54,11 @@ def render_job(
             head,
             _skip_note(runs),
             section("Schedule", _schedule(job, slots)),
-            section(f"Last {len(runs)} runs", strip(runs, size="wide") + _legend(runs), ' id="history"'),
+            section(
+                f"Last {len(runs)} run{'' if len(runs) == 1 else 's'}",
+                strip(runs, size="wide") + _legend(runs),
+                ' id="history"',
+            ),
             section("Durations", duration_chart(runs)),
             section("Incidents", alerts_list(incidents, now, "job-incidents")),
             section("Audit trail", _audit(audit)),
