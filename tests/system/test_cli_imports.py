@@ -18,12 +18,15 @@ from tests.support.sandbox import CONTROL, REPO, Sandbox, process_gone, wait_unt
 
 pytestmark = pytest.mark.system
 
-# The scheduler modules a lifecycle command may load: settings, the pidfile and the parser.
+# The scheduler modules a lifecycle command may load: settings (with URL redaction), the
+# pidfile, the writability check and the parser; each of them imports only the standard library.
 LIFECYCLE_MODULES = {
     "scheduler",
     "scheduler.clock",
     "scheduler.config",
     "scheduler.errors",
+    "scheduler.redact",
+    "scheduler.writable",  # start checks its folders can be written before it forks
     "scheduler.daemon",
     "scheduler.daemon.pidfile",
     "scheduler.operator",
