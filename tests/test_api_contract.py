@@ -19,8 +19,9 @@ import pytest
 from scheduler.clock import FakeClock
 from scheduler.cluster.health import Health
 from scheduler.jobs.registry import make_spec
-from scheduler.operator.http import Api, HttpServer
+from scheduler.operator.http import Api
 from scheduler.operator.metrics import Metrics
+from scheduler.operator.server import HttpServer
 from scheduler.store import Claim, InstanceRow, Outcome, Owner, Store
 
 TOKEN = "contract-token"

@@ -45,7 +45,12 @@ def _op(summary: str, ok: dict[str, Any], *codes: int, write: bool = False, **ex
 
 
 JOB_NAME = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
-RUN_ID = {"name": "run_id", "in": "path", "required": True, "schema": {"type": "integer", "minimum": 0}}
+RUN_ID = {
+    "name": "run_id",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "integer", "minimum": 0, "maximum": 10**18 - 1},  # at most 18 digits
+}
 
 
 def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
