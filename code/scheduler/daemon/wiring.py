@@ -113,11 +113,12 @@ def build_service(settings: Settings, clock: Clock | None = None) -> Service:
         owner.instance,
         coordinator.holds_lease,
         lambda: len(runner.active()),
-        runner.drain_ended,
+        per_job_histograms=settings.metrics_per_job_histograms,
+        ended=runner.drain_ended,
     )
 
     def bind_http() -> HttpServer:
-        app = Api(store, health, clock, settings.api_token, metrics)
+        app = Api(store, health, clock, settings.api_token, metrics, live_log=runner.live_log)
         return HttpServer(app, settings.http_host, settings.http_port)
 
     parts = Parts(
