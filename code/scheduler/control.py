@@ -73,7 +73,10 @@ def build_parser() -> argparse.ArgumentParser:
         ("run", cmd_run, "run in the foreground (for supervisord)"),
         ("check", cmd_check, "validate settings and job modules"),
     ):
-        sub.add_parser(name, help=text).set_defaults(handler=handler)
+        command = sub.add_parser(name, help=text)
+        command.set_defaults(handler=handler)
+        if name == "check":
+            command.add_argument("--json", action="store_true", help="the same report as one JSON object")
     try:
         from scheduler.operator import cli as commands
     except ImportError:  # the operator commands are optional for the daemon itself
@@ -239,33 +242,10 @@ def cmd_status(settings: Settings, _args: argparse.Namespace) -> int:
     return EXIT_NOT_RUNNING
 
 
-def cmd_check(settings: Settings, _args: argparse.Namespace) -> int:
-    from scheduler.jobs.registry import load_jobs
-    from scheduler.store import Store
+def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
+    from scheduler.operator import check
 
-    result = load_jobs(settings.jobs_path)
-    for spec in result.specs.values():
-        state = "" if spec.enabled else " (disabled)"
-        print(f"ok    {spec.name}: {spec.describe()}{state}")
-    for problem in result.problems:
-        print(f"error {problem}")
-    sqlite_file = Path(settings.database_url.split(":///", 1)[-1]) if settings.is_sqlite else None
-    if sqlite_file is not None and not sqlite_file.exists():
-        summary = f"{len(result.specs)} jobs, {len(result.problems)} problems"
-        print(f"{summary}; database {settings.database_url} (not created yet: the daemon creates it)")
-        return EXIT_FAIL if result.problems else EXIT_OK
-    store = Store(settings.database_url)
-    try:
-        current, head = store.db.current_revision(), store.db.head_revision()
-    except SchedulerError as exc:
-        print(f"error database {store.safe_url}: {exc}")
-        return EXIT_FAIL
-    finally:
-        store.dispose()
-    if current not in (None, head):
-        print(f"note  database schema {current}, code {head}: run 'db upgrade' or start the daemon")
-    print(f"{len(result.specs)} jobs, {len(result.problems)} problems; database {store.safe_url}")
-    return EXIT_FAIL if result.problems else EXIT_OK
+    return check.run(settings, as_json=bool(getattr(args, "json", False)))
 
 
 if __name__ == "__main__":

@@ -25,7 +25,8 @@ from scheduler.engine.dispatcher import Dispatcher
 from scheduler.engine.recorder import Recorder
 from scheduler.engine.runner import ActiveRun, Runner
 from scheduler.errors import SchedulerError
-from scheduler.jobs.registry import JobSpec, LoadProblem, load_jobs
+from scheduler.jobs.discovery import LoadProblem, load_jobs
+from scheduler.jobs.registry import JobSpec
 from scheduler.operator.http import Api, HttpServer
 from scheduler.operator.metrics import Metrics
 from scheduler.store import Claimed, Owner, Store
@@ -139,17 +140,13 @@ class Service:
         return thread
 
     def _load_jobs(self, now: datetime) -> None:
-        result = load_jobs(self.settings.jobs_path)
-        # On a reload, a module that loaded before and fails now keeps its previous jobs:
-        # a typo saved in one file must not silently stop that file's jobs.
-        broken = {Path(p.where).stem for p in result.problems}
-        for name, spec in self.specs.items():
-            if spec.module.rsplit(".", 1)[-1] in broken and name not in result.specs:
-                result.specs[name] = spec
-                log.warning("job %s keeps its previous definition until its module loads again", name)
+        # On a reload, a module that loaded before and fails now keeps its previous jobs.
+        result = load_jobs(self.settings.jobs_path, previous=self.specs)
         self.specs, self.problems = result.specs, result.problems
         for problem in self.problems:
             log.error("job load failed: %s", problem, extra={"action": "load-error"})
+        for warning in result.warnings:
+            log.warning("job load: %s", warning, extra={"action": "load-warning"})
         rows = self.store.jobs.sync(self.specs.values(), now)
         self.dispatcher.load(self.specs, rows, self.store.runs.last_slots())
         for spec in self.specs.values():

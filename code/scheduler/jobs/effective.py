@@ -7,7 +7,9 @@ daemon claims next. Pure functions: no clock reads, no database.
 - The effective schedule is the operator's override (interval or cron), else
   the code's definition.
 - The cursor is the last slot decided: the latest scheduled slot recorded (any
-  status, manual triggers excluded), else the time the job was first defined.
+  status, manual triggers excluded), else the time the job was first defined
+  (its anchor with `first_run="interval"`, so the first run comes one interval
+  later, as with timeloop).
   While the job is active, an operator change (resume, new schedule, clearing
   it) moves the cursor to the change time: slots before a change are never
   caught up, so a resume never records the paused period as `missed`.
@@ -51,6 +53,10 @@ def change_time(row: JobRow, now: datetime) -> datetime | None:
 def cursor_of(row: JobRow, last_slot: datetime | None, now: datetime) -> datetime:
     """The last slot decided, as a daemon starting at `now` would take it."""
     cursor = last_slot or row.defined_at
+    if last_slot is None and row.definition.get("first_run") == "interval":
+        schedule = schedule_of(row)
+        if isinstance(schedule, IntervalSchedule):  # timeloop's way: one interval before the first run
+            cursor = max(cursor, schedule.anchor)
     changed = change_time(row, now)
     return max(cursor, changed) if changed is not None else cursor
 
