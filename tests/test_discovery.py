@@ -394,5 +394,5 @@ def test_on_reload_a_module_that_fails_now_keeps_its_previous_jobs(tmp_path: Pat
     assert len(second.problems) == 1
     (kept,) = second.warnings
     assert kept.where == "billing.invoices.send"
-    assert kept.message == "job billing.invoices.send keeps its previous definition until its module loads again"
+    assert kept.message.endswith("keeps its previous definition until its module loads again")
     assert sorted(load_jobs(tmp_path).specs) == ["other.keep"]  # a fresh start has no previous jobs
