@@ -18,6 +18,7 @@ from scheduler.clock import FakeClock
 from scheduler.cluster.health import Health
 from scheduler.engine.dispatcher import Dispatcher
 from scheduler.engine.runner import JobContext, Runner
+from scheduler.errors import JobDefinitionError
 from scheduler.jobs.registry import JobSpec, make_spec
 from scheduler.operator import queries
 from scheduler.store import Claimed, Outcome, Owner, RunRow, Store
@@ -767,3 +768,19 @@ def test_random_pause_resume_set_clear_restart_sequences_agree_on_the_next_slot(
                 assert not [m for m in missed if begin < m <= end], history
         finally:
             harness.close()
+
+
+def test_first_run_interval_waits_one_interval_like_timeloop_and_next_shows_it(harness: Harness) -> None:
+    calls = Calls()
+    harness.load(interval_job("later.job", 10, calls.add, first_run="interval"))
+    view = queries.show_job(harness.store, "later.job", harness.clock.now())
+    assert view["next_run"]["at"] == at(10).isoformat()
+    assert harness.dispatcher.next_due() == at(10)
+    harness.advance_and_tick(timedelta(seconds=1))  # the anchor passes unrun
+    harness.advance_and_tick(timedelta(seconds=10))
+    assert calls.slots == [at(10)]
+
+
+def test_first_run_interval_applies_to_interval_jobs_only() -> None:
+    with pytest.raises(JobDefinitionError, match="first_run='interval' applies to interval jobs only"):
+        make_spec(_prop_noop, name="cron.later", cron="0 6 * * *", first_run="interval")
