@@ -254,13 +254,11 @@ class _AliasLoader(importlib.abc.Loader):
 @contextlib.contextmanager
 def _namespace(path: Path) -> Iterator[None]:
     """A fresh `scheduler_jobs` package over `path`; modules of an earlier load are forgotten."""
+    prefix = str(path) + "/"
     for name, module in list(sys.modules.items()):
         file = getattr(module, "__file__", None)
-        if (
-            name == ROOT
-            or name.startswith(MODULE_PREFIX)
-            or (file and Path(file).resolve().is_relative_to(path))
-        ):
+        ours = name == ROOT or name.startswith(MODULE_PREFIX)
+        if ours or (str(file).startswith(prefix) and name.split(".", 1)[0] != "scheduler"):
             del sys.modules[name]
     registry.forget(ROOT)
     _ADOPTED.clear()
