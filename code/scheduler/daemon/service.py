@@ -27,8 +27,8 @@ from scheduler.engine.runner import Runner
 from scheduler.errors import SchedulerError
 from scheduler.jobs.discovery import LoadProblem, load_jobs
 from scheduler.jobs.registry import JobSpec
-from scheduler.operator.http import HttpServer
 from scheduler.operator.metrics import Metrics
+from scheduler.operator.server import HttpServer
 from scheduler.store import Owner, Store
 
 log = logging.getLogger(__name__)

@@ -13,11 +13,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from scheduler import writable
 from scheduler.config import Settings
 from scheduler.errors import SchedulerError
 from scheduler.jobs import effective
 from scheduler.jobs.discovery import LoadResult, load_jobs
 from scheduler.jobs.registry import JobSpec, module_label
+from scheduler.redact import redact_url
 from scheduler.store import JobRow, Store
 
 EXIT_OK, EXIT_FAIL = 0, 1
@@ -77,10 +79,12 @@ def _job_entry(
 
 def _database(settings: Settings) -> dict[str, Any]:
     """What check says of the database, with the job rows and cursors if it has them."""
-    if settings.is_sqlite:
-        sqlite_file = Path(settings.database_url.split(":///", 1)[-1])
-        if not sqlite_file.exists():
-            return {"url": settings.database_url, "state": "not created yet: the daemon creates it"}
+    sqlite_file = _sqlite_file(settings)
+    if sqlite_file is not None and not sqlite_file.exists():
+        why = writable.problem(sqlite_file.parent)
+        if why is not None:  # the daemon could not create it either
+            return {"url": str(sqlite_file), "error": why, "state": "cannot be created"}
+        return {"url": redact_url(settings.database_url), "state": "not created yet: the daemon creates it"}
     store = Store(settings.database_url)
     try:
         current, head = store.db.current_revision(), store.db.head_revision()
@@ -95,6 +99,12 @@ def _database(settings: Settings) -> dict[str, Any]:
         store.dispose()
 
 
+def _sqlite_file(settings: Settings) -> Path | None:
+    """The SQLite database file, or None (PostgreSQL, or an in-memory database)."""
+    path = settings.database_url.split(":///", 1)[-1] if settings.is_sqlite else ""
+    return Path(path) if path and path != ":memory:" else None
+
+
 def _print_text(report: dict[str, Any], result: LoadResult) -> None:
     for job in report["jobs"]:
         state = "" if job["enabled"] else " (disabled)"
@@ -107,16 +117,18 @@ def _print_text(report: dict[str, Any], result: LoadResult) -> None:
     for problem in result.problems:
         print(f"error {problem}")
     database = report["database"]
+    summary = f"{len(report['jobs'])} jobs, {len(report['problems'])} problems"
+    if report["warnings"]:
+        summary += f", {len(report['warnings'])} warnings"
     if "error" in database:
         print(f"error database {database['url']}: {database['error']}")
+        if database.get("state") == "cannot be created":
+            print(f"{summary}; database {database['url']} cannot be created")
         return
     if database.get("revision") not in (None, database.get("code_revision")):
         print(
             f"note  database schema {database['revision']}, code {database['code_revision']}: "
             "run 'db upgrade' or start the daemon"
         )
-    summary = f"{len(report['jobs'])} jobs, {len(report['problems'])} problems"
-    if report["warnings"]:
-        summary += f", {len(report['warnings'])} warnings"
     state = f" ({database['state']})" if "state" in database else ""
     print(f"{summary}; database {database['url']}{state}")
