@@ -129,7 +129,7 @@ job(interval=timedelta(minutes=1))(functools.partial(export, "orders"))
     assert result.specs["parts.export"].func() == "orders"
 
 
-def test_static_methods_class_methods_and_bound_methods_are_jobs(tmp_path: Path) -> None:
+def test_static_methods_and_bound_methods_are_jobs(tmp_path: Path) -> None:
     write(
         tmp_path,
         "methods.py",
