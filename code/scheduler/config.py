@@ -58,6 +58,10 @@ class Settings:
     watchdog_interval: timedelta = timedelta(seconds=15)
     db_alert_after: timedelta = timedelta(seconds=60)
     realert_after: timedelta = timedelta(0)
+    default_isolation: str = "thread"
+    crash_loop_after: int = 5
+    crash_loop_pause_after: int = 10
+    crash_loop_max_backoff: timedelta = timedelta(hours=1)
 
     def __repr__(self) -> str:
         shown = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -256,6 +260,13 @@ def _check(s: Settings) -> None:
         fail("max_log_bytes", "must be at least 1024")
     if s.catchup_limit < 1:
         fail("catchup_limit", "must be at least 1")
+    for name in ("crash_loop_after", "crash_loop_pause_after"):
+        if getattr(s, name) < 0:
+            fail(name, f"must be 0 (off) or more, got {getattr(s, name)}")
+    if s.crash_loop_max_backoff <= timedelta(0):
+        fail("crash_loop_max_backoff", "must be positive")
+    if s.default_isolation not in ("thread", "process"):
+        fail("default_isolation", f"must be 'thread' or 'process', got {s.default_isolation!r}")
     if s.slack_webhook_url and s.slack_token:
         fail(
             "slack_token",

@@ -27,7 +27,7 @@ from slack_sdk.webhook import WebhookClient
 
 from scheduler.errors import SchedulerError
 
-KINDS = ("delayed", "inactive", "failing", "overrunning", "broken", "instance", "database", "test")
+KINDS = ("delayed", "inactive", "failing", "overrunning", "broken", "paused", "instance", "database", "test")
 EVENTS = ("open", "recover", "realert", "test")
 
 # Incidents about the scheduler itself have subject "scheduler", not a job.
@@ -39,6 +39,7 @@ _TITLES = {
     "failing": "Failing job",
     "overrunning": "Overrunning job",
     "broken": "Broken job",
+    "paused": "Job paused by the crash-loop guard",
     "instance": "Scheduler instance",
     "database": "Database problem",
     "test": "Test notification",

@@ -44,7 +44,7 @@ from scheduler.store.alerts import IncidentRow
 
 log = logging.getLogger(__name__)
 
-JOB_KINDS = ("delayed", "inactive", "failing", "overrunning", "broken")
+JOB_KINDS = ("delayed", "inactive", "failing", "overrunning", "broken", "paused")
 LOOP_WAIT = 1.0
 
 

@@ -31,7 +31,7 @@ def run(settings: Settings, as_json: bool, now: datetime | None = None) -> int:
     result = load_jobs(settings.jobs_path)
     database = _database(settings)
     jobs = [
-        _job_entry(spec, database.get("rows", {}), database.get("last_slots", {}), now)
+        _job_entry(spec, database.get("rows", {}), database.get("last_slots", {}), now, settings)
         for spec in result.specs.values()
     ]
     report: dict[str, Any] = {
@@ -50,7 +50,11 @@ def run(settings: Settings, as_json: bool, now: datetime | None = None) -> int:
 
 
 def _job_entry(
-    spec: JobSpec, rows: dict[str, JobRow], last_slots: dict[str, datetime], now: datetime
+    spec: JobSpec,
+    rows: dict[str, JobRow],
+    last_slots: dict[str, datetime],
+    now: datetime,
+    settings: Settings,
 ) -> dict[str, Any]:
     row = rows.get(spec.name)
     if row is not None:  # known to the database: overrides, pause and cursor count
@@ -71,9 +75,7 @@ def _job_entry(
         "paused": paused,
         "next_run": next_at.isoformat() if next_at else None,
     }
-    isolation = getattr(spec, "isolation", None)
-    if isolation is not None:
-        entry["isolation"] = str(isolation)
+    entry["isolation"] = "process" if spec.isolated(settings.default_isolation) else "thread"
     return entry
 
 
@@ -109,8 +111,8 @@ def _print_text(report: dict[str, Any], result: LoadResult) -> None:
     for job in report["jobs"]:
         state = "" if job["enabled"] else " (disabled)"
         state += " (paused)" if job["paused"] else ""
-        isolation = f", isolation {job['isolation']}" if "isolation" in job else ""
-        where = f"module {job['module']}{isolation}, next {job['next_run'] or 'never'}"
+        state += " (process isolation)" if job["isolation"] == "process" else ""
+        where = f"module {job['module']}, next {job['next_run'] or 'never'}"
         print(f"ok    {job['name']}: {job['schedule']}{state}; {where}")
     for warning in result.warnings:
         print(f"warn  {warning}")
