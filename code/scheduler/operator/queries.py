@@ -23,10 +23,10 @@ from zoneinfo import ZoneInfo
 from scheduler.errors import JobDefinitionError, SchedulerError
 from scheduler.jobs import effective
 from scheduler.jobs.schedules import parse_interval
+from scheduler.operator import RUN_STATUSES
 from scheduler.store import AuditEntry, InstanceRow, JobRow, RunRow, Store
 from scheduler.store.cluster import LEADER
 
-RUN_STATUSES = ("queued", "running", "succeeded", "failed", "timed_out", "skipped", "missed", "abandoned")
 MAX_LIMIT = 1000
 MAX_SLOTS = 100
 MIN_INTERVAL = timedelta(seconds=1)  # an override below this would spin the dispatcher
@@ -208,10 +208,11 @@ def list_audit(store: Store, job: str | None = None, limit: int = 50) -> list[di
 
 
 def list_alerts(store: Store, open_only: bool = True, limit: int = 50) -> list[dict[str, Any]]:
-    """Incidents from the watchdog. Raises RefusedError if this build has no watchdog."""
+    """Incidents the watchdog raised, newest first, read from the store (the CLI's `alerts`
+    does not load the watchdog or Slack's client)."""
     if not 1 <= limit <= MAX_LIMIT:
         raise JobDefinitionError(f"limit must be 1-{MAX_LIMIT}, got {limit}")
-    return [plain(i) for i in watchdog_function("list_incidents")(store, open_only, limit)]
+    return [plain(i) for i in store.alerts.incidents(open_only, limit)]
 
 
 def watchdog_function(name: str) -> Any:

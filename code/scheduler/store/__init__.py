@@ -9,7 +9,7 @@ from __future__ import annotations
 from scheduler.store.alerts import AlertRepository
 from scheduler.store.cluster import ClusterRepository, InstanceRow, LeaseRow
 from scheduler.store.db import Database
-from scheduler.store.history import RunRow
+from scheduler.store.history import RunBrief, RunRow
 from scheduler.store.jobs import AuditEntry, JobRepository, JobRow
 from scheduler.store.runs import Claim, Claimed, Outcome, Owner, RunRepository
 
@@ -24,6 +24,7 @@ __all__ = [
     "LeaseRow",
     "Outcome",
     "Owner",
+    "RunBrief",
     "RunRow",
     "Store",
 ]
