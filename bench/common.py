@@ -194,6 +194,8 @@ def database(kind: str, folder: Path) -> Iterator[str]:
 BODIES = {
     "trivial": "    return None",
     "record": "    record(ctx)",
+    # The start as the job itself sees it: time.time() is its first line.
+    "stamp": "    at = time.time()\n    record(ctx, at)",
     "sleep200": "    time.sleep(0.2)",
     "hold": "    ctx.cancelled.wait(600)",
     "hold3": "    ctx.cancelled.wait(3)",
@@ -208,13 +210,14 @@ _fd = None
 _lock = threading.Lock()
 
 
-def record(ctx):
+def record(ctx, at=None):
     global _fd
     if _fd is None:
         with _lock:
             if _fd is None:
                 _fd = os.open(os.environ["BENCH_SINK"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    os.write(_fd, f"{os.getpid()} {ctx.job} {ctx.scheduled_for.timestamp():.6f}\\n".encode())
+    stamp = "" if at is None else f" {at:.6f}"
+    os.write(_fd, f"{os.getpid()} {ctx.job} {ctx.scheduled_for.timestamp():.6f}{stamp}\\n".encode())
 '''
 
 
@@ -256,12 +259,18 @@ def write_jobs(
             f"_I = timedelta(microseconds={round(interval * 1_000_000)})",
             "",
         ]
-        for i in range(start, min(count, start + JOBS_PER_FILE)):
-            name = names[i]
-            options = ["interval=_I", f'name="b.{name}"', f'overlap="{overlap}"']
-            if anchors is not None:
-                options.append(f'start_at=datetime.fromisoformat("{anchors[i].isoformat()}")')
-            lines += [f"@job({', '.join(options)})", f"def {name}(ctx):", BODIES[body], ""]
+        chunk = range(start, min(count, start + JOBS_PER_FILE))
+        starts = [anchors[i].isoformat() for i in chunk] if anchors is not None else [None] * len(chunk)
+        lines += [
+            "def _run(ctx):",
+            BODIES[body],
+            "",
+            "",
+            f"for _name, _start in zip({[names[i] for i in chunk]!r}, {starts!r}):",
+            f'    job(interval=_I, name=f"b.{{_name}}", overlap="{overlap}",',
+            "        start_at=datetime.fromisoformat(_start) if _start else None)(_run)",
+            "",
+        ]
         (folder / f"bench_{start // JOBS_PER_FILE:03d}.py").write_text("\n".join(lines))
     return [f"b.{n}" for n in names]
 

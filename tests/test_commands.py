@@ -431,3 +431,10 @@ def test_the_console_script_and_control_py_give_the_same_answers(sqlite_url: str
     assert (missing.returncode, missing.stdout, missing.stderr) == (1, "", "error: no job named 'nope'\n")
     usage = run(["pause"], sqlite_url, script=True)
     assert usage.returncode == 2 and "usage:" in usage.stderr
+
+
+def test_history_status_choices_are_the_run_statuses_the_store_writes() -> None:
+    import scheduler.operator
+    from scheduler.store.schema import RUN_STATUSES
+
+    assert scheduler.operator.RUN_STATUSES == RUN_STATUSES

@@ -16,7 +16,8 @@ from scheduler.clock import SystemClock
 from scheduler.engine.isolation import ProcessIsolation
 from scheduler.engine.runner import Runner
 from scheduler.errors import JobDefinitionError
-from scheduler.jobs.registry import JobSpec, job, load_jobs
+from scheduler.jobs.discovery import load_jobs
+from scheduler.jobs.registry import JobSpec, job
 from scheduler.store import Claim, Outcome, Owner, RunRow, Store
 
 from tests.support.polling import wait_until
@@ -108,8 +109,8 @@ class Harness:
         self.stop = threading.Event()
         self.isolation = ProcessIsolation(folder)
         self.runner = Runner(
-            SystemClock(), 4, 64 * 1024, self._record, lambda c, a: None, lambda r: None, self.stop,
-            self.isolation,
+            SystemClock(), 4, 64 * 1024, self._record, lambda c, a: None, self.stop,
+            isolation=self.isolation,
         )  # fmt: skip
 
     def _record(self, outcome: Outcome) -> None:

@@ -10,8 +10,10 @@ import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from scheduler.errors import JobDefinitionError, NotFoundError, StoreError, StoreUnavailable
+from scheduler.jobs.effective import schedule_of
 from scheduler.jobs.registry import JobSpec, make_spec
 from scheduler.jobs.schedules import CronSchedule, IntervalSchedule
+from scheduler.operator import actions
 from scheduler.store import Claim, Outcome, Owner, RunRow, Store
 from scheduler.store.schema import metadata
 
@@ -32,8 +34,13 @@ def slot(minutes: int) -> datetime:
     return NOW + timedelta(minutes=minutes)
 
 
-def claim_one(store: Store, job: str, at: datetime, owner: Owner = A, **kw: str) -> list[int]:
+def claim_one(
+    store: Store, job: str, at: datetime, owner: Owner = A, begin: bool = True, **kw: str
+) -> list[int]:
+    """Claim one slot; a run won is also begun (its start written), as the pool would."""
     won = store.runs.claim([Claim(job, at, **kw)], owner, NOW, NOW + LEASE)
+    if begin:
+        store.runs.mark_started([(c.run_id, c.fence, NOW) for c in won if c.status == "running"])
     return [c.run_id for c in won]
 
 
@@ -143,7 +150,7 @@ def test_sync_anchors_new_jobs_at_the_next_whole_second(store: Store) -> None:
     synced = store.jobs.sync([spec("a.job"), spec("b.job", cron=None)], now)
     assert synced["a.job"].anchor_at == NOW + timedelta(seconds=1)
     assert synced["a.job"].defined_at == now
-    assert synced["a.job"].schedule() == IntervalSchedule(timedelta(seconds=60), NOW + timedelta(seconds=1))
+    assert schedule_of(synced["a.job"]) == IntervalSchedule(timedelta(seconds=60), NOW + timedelta(seconds=1))
     assert synced["a.job"].schedule_text == "every 1m"
 
 
@@ -162,7 +169,7 @@ def test_resync_keeps_anchor_pause_and_overrides_but_takes_the_new_definition(st
     assert row.definition["interval_seconds"] == 120 and row.definition["retries"] == 3
     assert row.schedule_text == "every 2m"
     assert row.updated_at == later and row.loaded_at == later
-    assert row.schedule() == IntervalSchedule(timedelta(seconds=30), row.anchor_at)
+    assert schedule_of(row) == IntervalSchedule(timedelta(seconds=30), row.anchor_at)
 
 
 def test_resync_of_an_unchanged_definition_does_not_mark_it_changed(store: Store) -> None:
@@ -195,12 +202,12 @@ def test_schedule_override_is_audited_visible_to_pollers_and_can_be_unset(store:
     store.jobs.sync([spec("over.job")], NOW)
     at = NOW + timedelta(minutes=10)
     row = store.jobs.set_schedule("over.job", "ops", at, cron="0 6 * * *", timezone="Europe/Paris")
-    assert row.overridden and row.schedule() == CronSchedule("0 6 * * *", "Europe/Paris")
+    assert row.overridden and schedule_of(row) == CronSchedule("0 6 * * *", "Europe/Paris")
     assert [r.name for r in store.jobs.changed_since(at)] == ["over.job"]
 
     row = store.jobs.set_schedule("over.job", "ops", at + timedelta(minutes=1))
     assert not row.overridden
-    assert row.schedule() == IntervalSchedule(timedelta(seconds=60), row.anchor_at)
+    assert schedule_of(row) == IntervalSchedule(timedelta(seconds=60), row.anchor_at)
     entries = store.jobs.audit_log(job="over.job")
     assert [e.action for e in entries] == ["unset", "set"]
     assert entries[1].details == {"override_cron": "0 6 * * *", "override_timezone": "Europe/Paris"}
@@ -209,9 +216,9 @@ def test_schedule_override_is_audited_visible_to_pollers_and_can_be_unset(store:
 def test_invalid_override_is_rejected_and_not_written(store: Store) -> None:
     store.jobs.sync([spec("strict.job")], NOW)
     with pytest.raises(JobDefinitionError, match="bad cron"):
-        store.jobs.set_schedule("strict.job", "ops", NOW, cron="not cron")
-    with pytest.raises(JobDefinitionError, match="positive"):
-        store.jobs.set_schedule("strict.job", "ops", NOW, interval=timedelta(seconds=-1))
+        actions.set_schedule(store, "strict.job", "ops", NOW, cron="not cron")
+    with pytest.raises(JobDefinitionError, match="at least"):
+        actions.set_schedule(store, "strict.job", "ops", NOW, interval=-1)
     assert not store.jobs.get("strict.job").overridden
     assert store.jobs.audit_log(job="strict.job") == []
 
@@ -278,8 +285,8 @@ def test_two_running_claims_of_one_job_in_one_batch_run_only_the_first(store: St
 
 def test_overlap_queue_keeps_at_most_one_queued_run(store: Store) -> None:
     claim_one(store, "q.job", slot(1))
-    claim_one(store, "q.job", slot(2), if_busy="queued")
-    claim_one(store, "q.job", slot(3), if_busy="queued")
+    claim_one(store, "q.job", slot(2), overlap="queue")
+    claim_one(store, "q.job", slot(3), overlap="queue")
     statuses = [(r.scheduled_for, r.status) for r in rows(store, "q.job")]
     assert statuses == [(slot(1), "running"), (slot(2), "queued"), (slot(3), "skipped")]
 
@@ -432,7 +439,8 @@ def test_a_manual_trigger_runs_once(store: Store) -> None:
     ]
     assert store.runs.take_queued(["manual.job"], B, NOW, NOW + LEASE) == []
     row = store.runs.get(run_id)
-    assert (row.status, row.owner, row.attempt, row.started_at) == ("running", A.instance, 1, NOW)
+    # started_at is written when the function begins (or with the end), not when taken
+    assert (row.status, row.owner, row.attempt, row.started_at) == ("running", A.instance, 1, None)
     assert row.lateness_seconds is None  # manual runs are never "late"
 
 
@@ -498,7 +506,7 @@ def test_a_manual_trigger_for_a_busy_job_is_recorded_skipped(store: Store) -> No
 
 def test_a_queued_overlap_waits_until_the_job_is_free(store: Store) -> None:
     (first,) = claim_one(store, "wait.job", slot(1))
-    (queued,) = claim_one(store, "wait.job", slot(2), if_busy="queued")
+    (queued,) = claim_one(store, "wait.job", slot(2), overlap="queue")
     assert store.runs.take_queued(["wait.job"], A, NOW, NOW + LEASE) == []
     assert store.runs.get(queued).status == "queued"
     finish(store, first, 1)

@@ -24,6 +24,7 @@ from typing import Any
 
 from scheduler.alerting.slack import format_utc
 from scheduler.engine.guard import AUTO_PAUSE_ACTOR
+from scheduler.jobs.effective import schedule_of
 from scheduler.jobs.schedules import Schedule, format_interval
 from scheduler.store import InstanceRow, JobRow
 from scheduler.store.alerts import Activity
@@ -88,7 +89,7 @@ def lateness(row: JobRow, last_started: datetime | None, now: datetime) -> Findi
     Only slots after the definition last changed (`updated_at`: code change,
     pause, resume or schedule override) count.
     """
-    schedule = row.schedule()
+    schedule = schedule_of(row)
     first = schedule.next_after(row.updated_at)
     latest = schedule.previous_before(now) or first
     grace = grace_for(row, period_at(schedule, latest))
@@ -147,7 +148,7 @@ def overrunning(row: JobRow, run: RunRow, now: datetime) -> Finding | None:
         limit = timedelta(seconds=float(timeout))
         reason = f"its timeout of {span(limit)}"
     else:
-        period = period_at(row.schedule(), run.scheduled_for)
+        period = period_at(schedule_of(row), run.scheduled_for)
         limit = period + grace_for(row, period)
         reason = f"its period plus grace ({span(limit)}; no timeout set)"
     running_for = now - run.started_at

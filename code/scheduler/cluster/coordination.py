@@ -31,6 +31,8 @@ from scheduler.store.cluster import LEADER, LeaderFence
 
 log = logging.getLogger(__name__)
 
+LEADING = "leader: leading"  # what a beat returns when the chores are this instance's to do
+
 Chore = Callable[[datetime], None]
 RETENTION_EVERY = timedelta(hours=1)
 # How often an instance compares the jobs in the database with the jobs it loaded.
@@ -80,6 +82,7 @@ class Coordinator:
         self._unknown_checked: datetime | None = None
         self._reported_unknown: set[str] = set()
         self._reported_orphans: set[str] = set()
+        self._check_jobs = False  # the chores report orphaned jobs after a beat checked unknown ones
 
     # -- start-up -------------------------------------------------------------
 
@@ -119,9 +122,27 @@ class Coordinator:
     # -- the cycle ------------------------------------------------------------
 
     def step(self, now: datetime) -> str:
-        """One heartbeat cycle; returns a sentence saying what was decided and why."""
+        """One heartbeat cycle, then the leader's chores; returns a sentence saying what was
+        decided and why."""
+        with self._lock:
+            sentence = self._step(now)
+        if sentence != LEADING:
+            return sentence
+        return "leader: " + self.chores_step(now)
+
+    def beat(self, now: datetime) -> str:
+        """Only the heartbeat: membership, run leases, the leader lease (never waits for chores)."""
         with self._lock:
             return self._step(now)
+
+    def chores_step(self, now: datetime) -> str:
+        """The leader's chores (reaping, retention, orphans, registered chores), if it leads."""
+        if not self.holds_lease():
+            return "not leading"
+        if self.clock.monotonic() < self._settle_until:
+            return "settling after a database outage, not reaping yet"
+        check_jobs, self._check_jobs = self._check_jobs, False
+        return self._chores(now, check_jobs)
 
     def _step(self, now: datetime) -> str:
         mono = self.clock.monotonic()
@@ -142,6 +163,7 @@ class Coordinator:
             if check_jobs:
                 self._unknown_checked = now
                 self._check_unknown_jobs(now)
+                self._check_jobs = True
         except SchedulerError as exc:
             self._lose_leadership("cannot reach the database")
             self.health.database(False, str(exc))
@@ -162,7 +184,7 @@ class Coordinator:
         self._lease_valid_until = mono + self.settings.lease_ttl.total_seconds()
         if mono < self._settle_until:
             return "leader: settling after a database outage, not reaping yet"
-        return "leader: " + self._chores(now, check_jobs)
+        return LEADING
 
     def _renew(self, expires: datetime) -> None:
         ids = None if self.active_runs is None else self.active_runs()
@@ -277,21 +299,25 @@ class Coordinator:
         return f"pruned {pruned} runs" if pruned else ""
 
     def run(self, stop: threading.Event) -> None:
+        """Heartbeats every period, on a thread of their own: chores (`run_chores`) never delay them."""
+        self._loop(stop, self.beat, "heartbeat")
+
+    def run_chores(self, stop: threading.Event) -> None:
+        """The leader's chores every heartbeat period, on their own thread."""
+        self._loop(stop, self.chores_step, "leader chores")
+
+    def _loop(self, stop: threading.Event, cycle: Callable[[datetime], str], what: str) -> None:
         period = self.settings.heartbeat.total_seconds()
         while not stop.is_set():
             started = self.clock.monotonic()
             try:
-                sentence = self.step(self.clock.now())
-                log.debug("coordination: %s", sentence)
+                sentence = cycle(self.clock.now())
+                log.debug("coordination (%s): %s", what, sentence)
             except Exception:
-                log.exception("coordination cycle failed; carrying on")
+                log.exception("%s cycle failed; carrying on", what)
             elapsed = self.clock.monotonic() - started
             if elapsed > period:
-                log.warning(
-                    "coordination cycle took %.1fs, longer than the heartbeat %.1fs",
-                    elapsed,
-                    period,
-                )
+                log.warning("%s cycle took %.1fs, longer than the heartbeat %.1fs", what, elapsed, period)
             self.clock.wait(max(0.0, period - elapsed), stop)
 
     def step_down(self) -> None:

@@ -14,7 +14,6 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 
 from scheduler import config as config_module
 from scheduler.alerting.watchdog import Watchdog
@@ -29,7 +28,8 @@ from scheduler.engine.isolation import KILL_GRACE
 from scheduler.engine.recorder import Recorder
 from scheduler.engine.runner import Runner
 from scheduler.errors import SchedulerError
-from scheduler.jobs.registry import JobSpec, LoadProblem, load_jobs
+from scheduler.jobs.discovery import LoadProblem, load_jobs
+from scheduler.jobs.registry import JobSpec
 from scheduler.operator.metrics import Metrics
 from scheduler.operator.server import HttpServer
 from scheduler.store import Owner, Store
@@ -112,8 +112,11 @@ class Service:
                 extra={"job": run.job, "run_id": run.id, "action": "abandoned"},
             )
         self._load_jobs(now)
+        # Loading 10,000 jobs takes seconds: the instance row's heartbeat and expiry are from now,
+        # not from before the load (it would join the cluster already expired).
+        now = self.clock.now()
         self.coordinator.register(sorted(self.specs), self._problem_dicts(), now)
-        self.coordinator.step(now)
+        self.coordinator.beat(now)  # membership and leases now; the chores run on their own thread
         log.info(
             "started instance %s (pid %d) with %d jobs on %s",
             self.owner.instance,
@@ -123,6 +126,7 @@ class Service:
         )
         self.recorder.start()
         self._coordinator_thread = self._spawn("coordinator", self.coordinator.run, self._drained)
+        self._spawn("chores", self.coordinator.run_chores)
         self._spawn("dispatcher", self.dispatcher.run)
         self.watchdog.announce()
         self._spawn("watchdog", self.watchdog.run)
@@ -140,19 +144,15 @@ class Service:
         return thread
 
     def _load_jobs(self, now: datetime) -> None:
-        result = load_jobs(self.settings.jobs_path)
-        # On a reload, a module that loaded before and fails now keeps its previous jobs:
-        # a typo saved in one file must not silently stop that file's jobs.
-        broken = {Path(p.where).stem for p in result.problems}
-        for name, spec in self.specs.items():
-            if spec.module.rsplit(".", 1)[-1] in broken and name not in result.specs:
-                result.specs[name] = spec
-                log.warning("job %s keeps its previous definition until its module loads again", name)
+        # On a reload, a module that loaded before and fails now keeps its previous jobs.
+        result = load_jobs(self.settings.jobs_path, previous=self.specs)
         self.specs, self.problems = result.specs, result.problems
         if any(self.runner.isolation.applies(spec) for spec in self.specs.values()):
             self.runner.isolation.prewarm()  # the forkserver imports the job modules once, now
         for problem in self.problems:
             log.error("job load failed: %s", problem, extra={"action": "load-error"})
+        for warning in result.warnings:
+            log.warning("job load: %s", warning, extra={"action": "load-warning"})
         rows = self.store.jobs.sync(self.specs.values(), now)
         self.dispatcher.load(self.specs, rows, self.store.runs.last_slots())
         for spec in self.specs.values():
@@ -188,6 +188,7 @@ class Service:
     def serve_forever(self) -> None:
         """Block until stopped (signal handlers set the events), then shut down."""
         while not self.stop_event.is_set():
+            self.metrics.observe_ended()  # read from the runner: nothing calls up into this layer
             proctitle.set_state(self.title_state())
             if self.reload_event.wait(0.5):
                 self.reload_event.clear()

@@ -25,7 +25,7 @@ from scheduler.engine.dispatcher import Dispatcher
 from scheduler.engine.guard import CrashLoopGuard, pauser
 from scheduler.engine.isolation import ProcessIsolation
 from scheduler.engine.recorder import Recorder
-from scheduler.engine.runner import ActiveRun, Runner
+from scheduler.engine.runner import Runner
 from scheduler.errors import SchedulerError
 from scheduler.operator.http import Api
 from scheduler.operator.metrics import Metrics
@@ -48,17 +48,17 @@ def build_service(settings: Settings, clock: Clock | None = None) -> Service:
     owner = Owner(uuid.uuid4().hex[:12], settings.instance_name, os.getpid())
     health = Health(clock)
     recorder = Recorder(
-        clock, store.runs.finish, spool_path(settings), health.database, store.runs.set_attempt
+        clock,
+        store.runs.finish,
+        spool_path(settings),
+        health.database,
+        mark_started=store.runs.mark_started,
+        write_attempt=store.runs.set_attempt,
     )
     health.when_recovered(recorder.nudge)
 
     def set_attempt(claimed: Claimed, attempt: int) -> None:
         recorder.record_attempt(claimed.run_id, claimed.fence, attempt)
-
-    def on_run_done(run: ActiveRun) -> None:
-        metrics.observe_run(run)
-        # A queued slot of this job may now run: let the dispatcher look at once.
-        dispatcher.poll_soon()
 
     def answering_for() -> set[int]:
         """Runs whose leases this process renews: running here, or ended with the outcome unwritten."""
@@ -84,19 +84,27 @@ def build_service(settings: Settings, clock: Clock | None = None) -> Service:
         settings.max_log_bytes,
         recorder.record,
         set_attempt,
-        on_run_done,
         stop,
-        isolation,
-        guard,
-        note_stack,
+        began=recorder.began,
+        isolation=isolation,
+        guard=guard,
+        note_stack=note_stack,
     )
-    dispatcher = build_dispatcher(settings, store, clock, runner, owner, health)
+    dispatcher = build_dispatcher(settings, store, clock, runner, owner, health, recorder.pending_runs)
     coordinator = Coordinator(store, clock, settings, owner, health, answering_for)
     # Job checks run on the leader only; the loop (scheduler checks, outbox) on every instance.
     watchdog = Watchdog(store, clock, settings, health, worker=owner.instance)
     coordinator.chores.append(("watchdog", watchdog.chore))
+    # The metrics read the runs that ended from the runner (runner.drain_ended): nothing calls up.
     metrics = Metrics(
-        store, health, clock, owner.instance, coordinator.holds_lease, lambda: len(runner.active())
+        store,
+        health,
+        clock,
+        owner.instance,
+        coordinator.holds_lease,
+        lambda: len(runner.active()),
+        per_job_histograms=settings.metrics_per_job_histograms,
+        ended=runner.drain_ended,
     )
 
     parts = Parts(
@@ -109,15 +117,26 @@ def build_service(settings: Settings, clock: Clock | None = None) -> Service:
         coordinator=coordinator,
         watchdog=watchdog,
         metrics=metrics,
-        bind_http=http_binder(settings, store, health, clock, metrics) if settings.http_enabled else None,
+        bind_http=http_binder(settings, store, health, clock, metrics, runner.live_log)
+        if settings.http_enabled
+        else None,
     )
     return Service(settings, clock, parts, stop)
 
 
 def build_dispatcher(
-    settings: Settings, store: Store, clock: Clock, runner: Runner, owner: Owner, health: Health
+    settings: Settings,
+    store: Store,
+    clock: Clock,
+    runner: Runner,
+    owner: Owner,
+    health: Health,
+    unwritten: Callable[[], set[int]],
 ) -> Dispatcher:
-    """The dispatcher as the daemon runs it: polling at least once a heartbeat (1 s at most)."""
+    """The dispatcher as the daemon runs it: polling at least once a heartbeat (1 s at most).
+
+    `unwritten` gives the runs that ended here with their outcome not yet written.
+    """
     return Dispatcher(
         store,
         clock,
@@ -128,16 +147,22 @@ def build_dispatcher(
         min(1.0, settings.heartbeat.total_seconds()),
         health,
         settings.pool_size,
+        unwritten=unwritten,
     )
 
 
 def http_binder(
-    settings: Settings, store: Store, health: Health, clock: Clock, metrics: Metrics
+    settings: Settings,
+    store: Store,
+    health: Health,
+    clock: Clock,
+    metrics: Metrics,
+    live_log: Callable[[int], str | None],
 ) -> Callable[[], HttpServer]:
     """Binds the API, dashboard and metrics server on the configured address when called."""
 
     def bind_http() -> HttpServer:
-        app = Api(store, health, clock, settings.api_token, metrics)
+        app = Api(store, health, clock, settings.api_token, metrics, live_log=live_log)
         return HttpServer(app, settings.http_host, settings.http_port)
 
     return bind_http

@@ -10,6 +10,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from scheduler.errors import JobDefinitionError, RefusedError
+from scheduler.jobs import effective
 from scheduler.jobs.schedules import parse_interval
 from scheduler.operator.queries import job_view
 from scheduler.store import Store
@@ -67,6 +68,7 @@ def set_schedule(
     if timezone is not None and len(timezone) > 64:
         raise JobDefinitionError("timezone is longer than 64 characters")
     period = None if interval is None else _interval(interval)
+    effective.validate_override(period, cron, timezone)
     row = store.jobs.set_schedule(name, actor, now, interval=period, cron=cron, timezone=timezone)
     return job_view(row, store.runs.latest_per_job().get(name), store.runs.last_slots().get(name), now)
 

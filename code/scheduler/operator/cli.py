@@ -3,7 +3,8 @@
 Every command reads or writes the database directly, so it works whether or
 not a daemon runs, and prints an aligned table or, with `--json`, the same
 dicts the HTTP API returns (see `queries`). Exit codes: 0 ok; 1 failure or not
-found; 2 usage or an invalid value. Errors are one line on stderr.
+found; 2 usage or an invalid value. Errors are one line on stderr. Every command's
+parser is built from here: the store and the read model are imported by the handlers.
 """
 
 from __future__ import annotations
@@ -15,15 +16,15 @@ import socket
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from scheduler.clock import SystemClock
 from scheduler.config import Settings
 from scheduler.errors import JobDefinitionError, RefusedError, StoreError
-from scheduler.humanize import duration, short
-from scheduler.operator import actions, queries
-from scheduler.operator.tables import local_time, runs_table, table, utc_time, yes
-from scheduler.store import RUN_STATUSES, Store
+from scheduler.operator import RUN_STATUSES
+
+if TYPE_CHECKING:
+    from scheduler.store import Store
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 Handler = Callable[[Settings, argparse.Namespace], int]
@@ -120,6 +121,8 @@ def _open(settings: Settings, *, migrate: bool = False) -> Iterator[Store]:
     path = settings.sqlite_file
     if path is not None and not migrate and not path.exists():
         raise StoreError(f"database file {path} does not exist (start the daemon or run 'db upgrade')")
+    from scheduler.store import Store
+
     store = Store(settings.database_url)
     try:
         if not migrate and store.db.current_revision() is None:
@@ -137,29 +140,25 @@ def _print_json(data: Any) -> None:
 
 
 def cmd_jobs(settings: Settings, args: argparse.Namespace) -> int:
+    from scheduler.operator import queries, tables
+
     with _open(settings) as store:
         jobs = queries.list_jobs(store, clock.now())
     if args.json:
         _print_json(jobs)
         return EXIT_OK
     rows = [
-        [j["name"], j["schedule"], *_next_cells(j), j["last_status"] or "-", yes(j["paused"])] for j in jobs
+        [j["name"], j["schedule"], *tables.next_cells(j), j["last_status"] or "-", tables.yes(j["paused"])]
+        for j in jobs
     ]
-    print(table(["JOB", "SCHEDULE", "NEXT RUN (JOB ZONE)", "NEXT RUN (UTC)", "LAST", "PAUSED"], rows))
+    print(tables.table(["JOB", "SCHEDULE", "NEXT RUN (JOB ZONE)", "NEXT RUN (UTC)", "LAST", "PAUSED"], rows))
     return EXIT_OK
 
 
-def _next_cells(job: dict[str, Any]) -> list[str]:
-    if not job["enabled"]:
-        return ["disabled", "-"]
-    if job["paused"]:
-        return ["paused", "-"]
-    slot = job["next_run"]
-    due = " (due)" if job["due"] else ""
-    return [local_time(slot) + due, utc_time(slot["at"])]
-
-
 def cmd_show(settings: Settings, args: argparse.Namespace) -> int:
+    from scheduler.humanize import duration
+    from scheduler.operator import queries, tables
+
     with _open(settings) as store:
         job = queries.show_job(store, args.job, clock.now())
     if args.json:
@@ -172,7 +171,7 @@ def cmd_show(settings: Settings, args: argparse.Namespace) -> int:
         ("override", override),
         ("zone", job["timezone"]),
         ("state", "disabled in code" if not job["enabled"] else "paused" if job["paused"] else "active"),
-        ("next run", " / ".join(_next_cells(job))),
+        ("next run", " / ".join(tables.next_cells(job))),
         ("module", job["definition"].get("module", "-")),
         ("timeout", duration(job["definition"].get("timeout_seconds"))),
         ("retries", str(job["definition"].get("retries", 0))),
@@ -184,11 +183,13 @@ def cmd_show(settings: Settings, args: argparse.Namespace) -> int:
     for key, value in pairs:
         print(f"{key:<{width}}  {value}")
     print()
-    print(runs_table(job["recent_runs"]) if job["recent_runs"] else "no runs yet")
+    print(tables.runs_table(job["recent_runs"]) if job["recent_runs"] else "no runs yet")
     return EXIT_OK
 
 
 def cmd_next(settings: Settings, args: argparse.Namespace) -> int:
+    from scheduler.operator import queries, tables
+
     with _open(settings) as store:
         data = queries.next_slots(store, args.job, clock.now(), args.n)
     if args.json:
@@ -196,29 +197,35 @@ def cmd_next(settings: Settings, args: argparse.Namespace) -> int:
         return EXIT_OK
     state = " (paused: these slots pass unrun until resumed)" if data["paused"] else ""
     print(f"{data['job']}: {data['schedule']}{state}")
-    rows = [[str(i), local_time(s), utc_time(s["at"])] for i, s in enumerate(data["slots"], 1)]
-    print(table(["#", f"JOB ZONE ({data['timezone']})", "UTC"], rows))
+    rows = [[str(i), tables.local_time(s), tables.utc_time(s["at"])] for i, s in enumerate(data["slots"], 1)]
+    print(tables.table(["#", f"JOB ZONE ({data['timezone']})", "UTC"], rows))
     return EXIT_OK
 
 
 def cmd_history(settings: Settings, args: argparse.Namespace) -> int:
+    from scheduler.operator import queries, tables
+
     with _open(settings) as store:
         runs = queries.list_runs(store, args.job, args.status, args.limit)
     if args.json:
         _print_json(runs)
     else:
-        print(runs_table(runs) if runs else "no runs")
+        print(tables.runs_table(runs) if runs else "no runs")
     return EXIT_OK
 
 
 def cmd_logs(settings: Settings, args: argparse.Namespace) -> int:
+    from scheduler.humanize import duration
+    from scheduler.operator import queries, tables
+
     with _open(settings) as store:
         run = queries.show_run(store, args.run_id)
     if args.json:
         _print_json(run)
         return EXIT_OK
     took = f", {duration(run['duration_seconds'])}" if run["duration_seconds"] is not None else ""
-    print(f"run {run['id']} of {run['job']}: {run['status']} (slot {utc_time(run['scheduled_for'])}{took})")
+    slot = tables.utc_time(run["scheduled_for"])
+    print(f"run {run['id']} of {run['job']}: {run['status']} (slot {slot}{took})")
     print("-- log" + (" (truncated)" if run["log_truncated"] else ""))
     print((run["log"] or "(nothing captured)").rstrip("\n"))
     if run["error_type"]:
@@ -229,6 +236,8 @@ def cmd_logs(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_instances(settings: Settings, args: argparse.Namespace) -> int:
+    from scheduler.operator import queries, tables
+
     with _open(settings) as store:
         found = queries.list_instances(store, clock.now())
     if args.json:
@@ -241,18 +250,21 @@ def cmd_instances(settings: Settings, args: argparse.Namespace) -> int:
             i["host"],
             str(i["pid"]),
             i["status"],
-            yes(i["leader"]),
-            utc_time(i["heartbeat_at"]),
+            tables.yes(i["leader"]),
+            tables.utc_time(i["heartbeat_at"]),
             str(len(i["jobs"])),
             str(len(i["problems"])),
         ]
         for i in found
     ]
-    print(table(headers, rows) if rows else "no instances have run against this database")
+    print(tables.table(headers, rows) if rows else "no instances have run against this database")
     return EXIT_OK
 
 
 def cmd_alerts(settings: Settings, args: argparse.Namespace) -> int:
+    from scheduler.humanize import short
+    from scheduler.operator import queries, tables
+
     with _open(settings) as store:
         found = queries.list_alerts(store, open_only=not args.all, limit=args.limit)
     if args.json:
@@ -264,17 +276,19 @@ def cmd_alerts(settings: Settings, args: argparse.Namespace) -> int:
             str(i.get("id", "")),
             str(i.get("kind", "")),
             str(i.get("subject", "")),
-            utc_time(i.get("opened_at")),
-            utc_time(i.get("closed_at")),
+            tables.utc_time(i.get("opened_at")),
+            tables.utc_time(i.get("closed_at")),
             short(str(i.get("summary", "")), 70),
         ]
         for i in found
     ]
-    print(table(headers, rows) if rows else ("no open incidents" if not args.all else "no incidents"))
+    print(tables.table(headers, rows) if rows else ("no open incidents" if not args.all else "no incidents"))
     return EXIT_OK
 
 
 def cmd_audit(settings: Settings, args: argparse.Namespace) -> int:
+    from scheduler.operator import queries, tables
+
     with _open(settings) as store:
         entries = queries.list_audit(store, args.job, args.limit)
     if args.json:
@@ -282,7 +296,7 @@ def cmd_audit(settings: Settings, args: argparse.Namespace) -> int:
         return EXIT_OK
     rows = [
         [
-            utc_time(e["at"]),
+            tables.utc_time(e["at"]),
             e["actor"],
             e["action"],
             e["job"] or "-",
@@ -290,7 +304,11 @@ def cmd_audit(settings: Settings, args: argparse.Namespace) -> int:
         ]
         for e in entries
     ]
-    print(table(["AT (UTC)", "ACTOR", "ACTION", "JOB", "DETAILS"], rows) if rows else "no changes recorded")
+    print(
+        tables.table(["AT (UTC)", "ACTOR", "ACTION", "JOB", "DETAILS"], rows)
+        if rows
+        else "no changes recorded"
+    )
     return EXIT_OK
 
 
@@ -298,6 +316,8 @@ def cmd_audit(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_trigger(settings: Settings, args: argparse.Namespace) -> int:
+    from scheduler.operator import actions
+
     with _open(settings) as store:
         result = actions.trigger(store, args.job, cli_actor(), clock.now())
     if args.json:
@@ -318,6 +338,8 @@ def cmd_resume(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _set_paused(settings: Settings, args: argparse.Namespace, paused: bool) -> int:
+    from scheduler.operator import actions
+
     actor = cli_actor()
     with _open(settings) as store:
         job = actions.set_paused(store, args.job, paused, actor, clock.now())
@@ -329,6 +351,8 @@ def _set_paused(settings: Settings, args: argparse.Namespace, paused: bool) -> i
 
 
 def cmd_set(settings: Settings, args: argparse.Namespace) -> int:
+    from scheduler.operator import actions, tables
+
     actor = cli_actor()
     with _open(settings) as store:
         job = actions.set_schedule(
@@ -346,11 +370,13 @@ def cmd_set(settings: Settings, args: argparse.Namespace) -> int:
         return EXIT_OK
     print(f"{job['name']}: {job['schedule']}{' (override)' if job['overridden'] else ' (from code)'}")
     if job["next_run"]:
-        print(f"next run {local_time(job['next_run'])} = {utc_time(job['next_run']['at'])}")
+        print(f"next run {tables.local_time(job['next_run'])} = {tables.utc_time(job['next_run']['at'])}")
     return EXIT_OK
 
 
 def cmd_notify_test(settings: Settings, args: argparse.Namespace) -> int:
+    from scheduler.operator import queries
+
     result = queries.watchdog_function("send_test")(settings)
     if args.json:
         _print_json({"sent": True, "result": queries.plain(result)})

@@ -9,12 +9,10 @@ a bad payload never gives a 500.
 
 from __future__ import annotations
 
+import gzip
 import hmac
-import json
 import logging
-import re
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from datetime import datetime
 from http import HTTPStatus
 from pathlib import Path
@@ -25,15 +23,18 @@ from scheduler.clock import Clock
 from scheduler.cluster.health import Health
 from scheduler.errors import JobDefinitionError, NotFoundError, RefusedError, StoreUnavailable
 from scheduler.operator import actions, queries
+from scheduler.operator.catalog import JobCatalog
+from scheduler.operator.exchange import MAX_DEPTH as MAX_DEPTH
+from scheduler.operator.exchange import HttpError, Request, Response, Route, error, reply
+from scheduler.operator.exchange import json_depth as json_depth
 from scheduler.operator.metrics import Metrics
-from scheduler.operator.web import dashboard, openapi
+from scheduler.operator.web import dashboard, listing, openapi, pages, site
 from scheduler.store import Store
 
 log = logging.getLogger(__name__)
 
 WEB = Path(__file__).resolve().parent / "web"
 MAX_BODY = 64 * 1024
-MAX_DEPTH = 16  # nesting of a JSON body
 STATIC = {"dashboard.css": "text/css; charset=utf-8", "dashboard.js": "text/javascript; charset=utf-8"}
 SECURITY_HEADERS = [
     ("X-Content-Type-Options", "nosniff"),
@@ -42,89 +43,9 @@ SECURITY_HEADERS = [
 ]
 PAGE_POLICY = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-    "connect-src 'self'; form-action 'none'; frame-ancestors 'none'; base-uri 'none'"
+    "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
 )
 StartResponse = Callable[[str, list[tuple[str, str]]], Any]
-
-
-class HttpError(Exception):
-    def __init__(self, status: int, message: str, headers: list[tuple[str, str]] | None = None) -> None:
-        super().__init__(message)
-        self.status, self.message, self.headers = status, message, headers or []
-
-
-@dataclass
-class Request:
-    method: str
-    path: str
-    query: dict[str, list[str]]
-    headers: dict[str, str]
-    remote: str
-    body: bytes
-    params: dict[str, str] = field(default_factory=dict)
-
-    def arg(self, name: str) -> str | None:
-        values = self.query.get(name)
-        return values[-1] if values else None
-
-    def int_arg(self, name: str, default: int) -> int:
-        """A whole-number query parameter (the queries check its range). Raises HttpError(400)."""
-        raw = self.arg(name)
-        if raw is None or raw == "":
-            return default
-        if not re.fullmatch(r"[+-]?\d{1,9}", raw.strip()):
-            raise HttpError(400, f"query parameter {name!r} must be a whole number, got {raw[:40]!r}")
-        return int(raw)
-
-    def json_object(self) -> dict[str, Any]:
-        """The body as a JSON object; an empty body is {}. Raises HttpError(400).
-
-        The nesting depth is counted before parsing: a deep body would otherwise end in a
-        RecursionError (a 500) inside the parser.
-        """
-        if not self.body.strip():
-            return {}
-        try:
-            text = self.body.decode("utf-8")
-        except UnicodeDecodeError:
-            raise HttpError(400, "request body is not valid UTF-8 JSON") from None
-        if json_depth(text) > MAX_DEPTH:
-            raise HttpError(400, f"request body nests deeper than {MAX_DEPTH} levels")
-        try:
-            data = json.loads(text)
-        except (ValueError, RecursionError):
-            raise HttpError(400, "request body is not valid UTF-8 JSON") from None
-        if not isinstance(data, dict):
-            raise HttpError(400, f"request body must be a JSON object, got {type(data).__name__}")
-        return data
-
-
-@dataclass
-class Response:
-    status: int
-    body: bytes
-    content_type: str = "application/json"
-    headers: list[tuple[str, str]] = field(default_factory=list)
-
-
-@dataclass(frozen=True)
-class Route:
-    method: str
-    pattern: str  # OpenAPI-style path: /api/jobs/{name}
-    handler: Callable[[Request], Response]
-    write: bool = False
-
-    @property
-    def regex(self) -> re.Pattern[str]:
-        return re.compile("^" + re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", self.pattern) + "$")
-
-
-def reply(data: Any, status: int = 200) -> Response:
-    return Response(status, json.dumps(data, ensure_ascii=False).encode())
-
-
-def error(status: int, message: str) -> Response:
-    return reply({"error": message}, status)
 
 
 class Api:
@@ -137,14 +58,18 @@ class Api:
         clock: Clock,
         api_token: str = "",
         metrics: Metrics | None = None,
+        live_log: Callable[[int], str | None] = lambda _run_id: None,
     ) -> None:
         self.store = store
+        self.live_log = live_log  # a running run's log so far, if it runs in this process
+        self.catalog = JobCatalog(store, clock)  # the jobs list's rows, kept between pages
         self.health = health
         self.clock = clock
         self._token = api_token.encode()
         self.metrics = metrics
         self.routes = [
             Route("GET", "/", self.page),
+            Route("GET", "/jobs/{name}", self.job_page),
             Route("GET", "/runs/{run_id}", self.run_page),
             Route("GET", "/static/{file}", self.static),
             Route("GET", "/healthz", self.healthz),
@@ -263,7 +188,7 @@ class Api:
         return reply(queries.list_instances(self.store, self.now()))
 
     def alerts(self, request: Request) -> Response:
-        open_only = request.arg("all") not in ("1", "true", "yes")
+        open_only = not request.bool_arg("all")
         return reply(queries.list_alerts(self.store, open_only, request.int_arg("limit", 50)))
 
     def audit(self, request: Request) -> Response:
@@ -295,17 +220,7 @@ class Api:
         )
 
     def schedule(self, request: Request) -> Response:
-        body = request.json_object()
-        unknown = sorted(set(body) - {"interval", "cron", "timezone", "clear"})
-        if unknown:
-            raise HttpError(
-                400, f"unknown fields: {', '.join(unknown)} (use interval, cron, timezone or clear)"
-            )
-        for name in ("cron", "timezone"):
-            if body.get(name) is not None and not isinstance(body[name], str):
-                raise HttpError(400, f"{name} must be a string")
-        if not isinstance(body.get("clear", False), bool):
-            raise HttpError(400, "clear must be true or false")
+        body = _schedule_change(request.json_object())
         job = actions.set_schedule(
             self.store,
             request.params["name"],
@@ -335,27 +250,36 @@ class Api:
         if self.metrics is None:
             raise HttpError(404, "metrics are not enabled in this app")
         body, content_type = self.metrics.render()
-        return Response(200, body, content_type)
+        vary = [("Vary", "Accept-Encoding")]
+        if _accepts_gzip(request.headers.get("accept-encoding", "")):
+            # level 1: at 10,000 jobs it shrinks the text ~10x at a fraction of level 9's CPU
+            return Response(200, gzip.compress(body, 1), content_type, [("Content-Encoding", "gzip"), *vary])
+        return Response(200, body, content_type, vary)
 
     def page(self, request: Request) -> Response:
         now = self.now()
+        wanted = listing.Filter.parse(
+            request.arg("q"), request.arg("state"), request.arg("sort"), request.arg("page")
+        )
         try:
-            alerts = queries.list_alerts(self.store, True, 20)
-            html = dashboard.render_page(
-                jobs=queries.list_jobs(self.store, now),
-                runs=queries.list_runs(self.store, limit=25),
-                instances=queries.list_instances(self.store, now, limit=10),
-                alerts=alerts,
-                health=self.health.report(),
-                now=now,
-                writable=bool(self._token),
-            )
+            report = self.health.report()
+            html = site.front_page(self.store, self.catalog, report, now, wanted, bool(self._token))
+        except StoreUnavailable as exc:
+            return _html(dashboard.render_unavailable(str(exc), now), 503)
+        return _html(html)
+
+    def job_page(self, request: Request) -> Response:
+        now = self.now()
+        try:
+            html = site.job_page(self.store, request.params["name"], now, bool(self._token))
         except StoreUnavailable as exc:
             return _html(dashboard.render_unavailable(str(exc), now), 503)
         return _html(html)
 
     def run_page(self, request: Request) -> Response:
-        return _html(dashboard.render_run(queries.show_run(self.store, _run_id(request)), self.now()))
+        run = queries.show_run(self.store, _run_id(request))
+        live = self.live_log(run["id"]) if run["status"] == "running" else None
+        return _html(pages.render_run(run, self.now(), live))
 
     def static(self, request: Request) -> Response:
         name = request.params["file"]
@@ -364,31 +288,22 @@ class Api:
         return Response(200, (WEB / name).read_bytes(), STATIC[name], [("Cache-Control", "no-cache")])
 
 
-def json_depth(text: str) -> int:
-    """The deepest nesting of [ and { in JSON text, ignoring those inside strings."""
-    depth = deepest = 0
-    in_string = escaped = False
-    for char in text:
-        if in_string:
-            if escaped:
-                escaped = False
-            elif char == "\\":
-                escaped = True
-            elif char == '"':
-                in_string = False
-        elif char == '"':
-            in_string = True
-        elif char in "[{":
-            depth += 1
-            deepest = max(deepest, depth)
-        elif char in "]}":
-            depth -= 1
-    return deepest
-
-
 def _html(text: str, status: int = 200) -> Response:
     policy = [("Content-Security-Policy", PAGE_POLICY)]
     return Response(status, text.encode(), "text/html; charset=utf-8", policy)
+
+
+def _accepts_gzip(header: str) -> bool:
+    """True if `Accept-Encoding` lists gzip (or *) without q=0."""
+    for item in header.split(","):
+        coding, _, params = item.strip().partition(";")
+        if coding.strip().lower() in ("gzip", "*"):
+            q = params.strip().removeprefix("q=").strip() if params.strip().startswith("q=") else "1"
+            try:
+                return float(q) > 0
+            except ValueError:
+                return False
+    return False
 
 
 def _run_id(request: Request) -> int:
@@ -396,6 +311,30 @@ def _run_id(request: Request) -> int:
     if not raw.isdigit() or len(raw) > 18:
         raise HttpError(400, f"run id must be a whole number, got {raw[:40]!r}")
     return int(raw)
+
+
+def _schedule_change(body: dict[str, Any]) -> dict[str, Any]:
+    """One of the document's three shapes: {interval}, {cron[, timezone]} or {clear: true}.
+
+    Raises HttpError(400) naming what is wrong; the values are checked by set_schedule.
+    """
+    unknown = sorted(set(body) - {"interval", "cron", "timezone", "clear"})
+    if unknown:
+        raise HttpError(400, f"unknown fields: {', '.join(unknown)} (use interval, cron, timezone or clear)")
+    for name in ("cron", "timezone"):
+        if name in body and not isinstance(body[name], str):
+            raise HttpError(400, f"{name} must be a string")
+    interval = body.get("interval")
+    if "interval" in body and (isinstance(interval, bool) or not isinstance(interval, str | int | float)):
+        raise HttpError(400, "interval must be seconds or text like '5m'")
+    if "clear" in body and body["clear"] is not True:
+        raise HttpError(400, "clear must be true (leave it out to set a schedule)")
+    shapes = [name for name in ("interval", "cron", "clear") if name in body]
+    if len(shapes) != 1:
+        raise HttpError(400, "give exactly one of interval, cron (with an optional timezone) or clear: true")
+    if "timezone" in body and shapes != ["cron"]:
+        raise HttpError(400, "timezone applies to a cron schedule only")
+    return body
 
 
 def _no_fields(body: dict[str, Any]) -> None:

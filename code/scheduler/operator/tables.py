@@ -50,3 +50,14 @@ def utc_time(text: str | None) -> str:
 
 def yes(flag: bool) -> str:
     return "yes" if flag else "no"
+
+
+def next_cells(job: dict[str, Any]) -> list[str]:
+    """A job's next-run cells: the slot in its zone (due or not) and in UTC, or why there is none."""
+    if not job["enabled"]:
+        return ["disabled", "-"]
+    if job["paused"]:
+        return ["paused", "-"]
+    slot = job["next_run"]
+    due = " (due)" if job["due"] else ""
+    return [local_time(slot) + due, utc_time(slot["at"])]

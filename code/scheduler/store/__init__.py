@@ -9,7 +9,7 @@ from __future__ import annotations
 from scheduler.store.alerts import AlertRepository
 from scheduler.store.cluster import ClusterRepository, InstanceRow, LeaseRow
 from scheduler.store.db import Database
-from scheduler.store.history import RunRow
+from scheduler.store.history import RunBrief, RunRow
 from scheduler.store.jobs import AuditEntry, JobRepository, JobRow
 from scheduler.store.runs import Claim, Claimed, Outcome, Owner, RunRepository
 from scheduler.store.schema import FINAL_STATUSES, RUN_STATUSES
@@ -27,6 +27,7 @@ __all__ = [
     "Outcome",
     "Owner",
     "RUN_STATUSES",
+    "RunBrief",
     "RunRow",
     "Store",
 ]
