@@ -11,20 +11,24 @@ Defaults chosen:
   row; an abandoned run (its instance was lost) neither counts nor resets.
 - overrunning: a run still running past its timeout, or without one past its
   period plus grace (it is eating into the next slot).
+- skipping: `skip_alert_after` (default 3) slots in a row recorded `skipped`.
+- late: `alert_group_after` (default 5) or more jobs newly delayed or inactive
+  in one pass give one grouped finding instead of one each.
+- overloaded: slots recorded `missed` with an error starting 'overloaded:' (the
+  dispatcher fell behind) in the last few minutes, per instance.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
 
-from scheduler.alerting.slack import format_utc
+from scheduler.alerting.record import Finding, format_utc
 from scheduler.jobs.schedules import Schedule, format_interval
 from scheduler.store import InstanceRow, JobRow
-from scheduler.store.alerts import Activity
 from scheduler.store.history import RunRow
+from scheduler.store.runfacts import Activity, Overload
 
 SCHEDULER = "scheduler"  # the subject of incidents about the scheduler as a whole
 MIN_GRACE = timedelta(seconds=60)
@@ -32,28 +36,8 @@ MAX_GRACE = timedelta(hours=1)
 # A job row synced this recently may belong to an instance that is still registering.
 LOAD_SETTLE = timedelta(seconds=30)
 MAX_STREAK = 100
-
-
-@dataclass(frozen=True)
-class Finding:
-    """Something wrong now; becomes an incident keyed by (subject, kind)."""
-
-    subject: str
-    kind: str
-    summary: str
-    since: datetime
-    host: str | None = None
-    last_error: str | None = None
-    action: str | None = None
-    details: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def key(self) -> tuple[str, str]:
-        return (self.subject, self.kind)
-
-    def stored_details(self) -> dict[str, Any]:
-        extra = {"since": self.since.isoformat(), "host": self.host, "last_error": self.last_error}
-        return {**self.details, **{k: v for k, v in extra.items() if v is not None}}
+LATE_KINDS = ("delayed", "inactive")
+GROUP_LIST = 20  # job names listed in a grouped message; the rest are counted
 
 
 @dataclass(frozen=True)
@@ -62,6 +46,7 @@ class Snapshot:
     jobs: list[JobRow]
     activity: Activity
     alive: list[InstanceRow]
+    skip_alert_after: int = 3
 
 
 def period_at(schedule: Schedule, slot: datetime) -> timedelta:
@@ -154,6 +139,69 @@ def overrunning(row: JobRow, run: RunRow, now: datetime) -> Finding | None:
     return Finding(row.name, "overrunning", summary, run.started_at, host=run.host, details=details)
 
 
+def skipping(row: JobRow, streak: int, threshold: int, newest: datetime | None) -> Finding | None:
+    """`threshold` slots in a row recorded `skipped`: its runs take longer than its period."""
+    if streak < threshold or newest is None:
+        return None
+    period = span(period_at(row.schedule(), newest))
+    count = f"{streak}+" if streak > MAX_STREAK else str(streak)
+    summary = (
+        f"the last {count} slots were skipped because a run was still going "
+        f"(alerts after {threshold}): its runs take longer than its period of {period}"
+    )
+    action = f"scheduler history {row.name}; lengthen its interval or shorten its runs"
+    details = {"skipped": streak, "threshold": threshold}
+    return Finding(row.name, "skipping", summary, newest, action=action, details=details)
+
+
+def overloaded(overloads: list[Overload], window: timedelta) -> list[Finding]:
+    """Instances that recorded slots as lost because they fell behind, in the last `window`."""
+    findings = []
+    for o in overloads:
+        summary = (
+            f"{o.host} lost {o.count} slots in the last {span(window)} because it fell behind "
+            f"(latest {format_utc(o.latest)})"
+        )
+        findings.append(
+            Finding(
+                o.host,
+                "overloaded",
+                summary,
+                o.latest,
+                host=o.host,
+                last_error=o.error,
+                action="scheduler history --status missed; add instances or spread the jobs",
+                details={"lost": o.count},
+            )
+        )
+    return findings
+
+
+def group_late(findings: list[Finding], open_keys: set[tuple[str, str]], threshold: int) -> list[Finding]:
+    """Many jobs late at once (a start-up, a stall) become one "late" incident listing them.
+
+    Late jobs already alerted one by one keep their incidents; the new ones are
+    folded into the group while it is open, and the group closes when none is left.
+    """
+    group_key = (SCHEDULER, "late")
+    late = [f for f in findings if f.kind in LATE_KINDS and f.key not in open_keys]
+    if not late or (len(late) < threshold and group_key not in open_keys):
+        return findings
+    names = sorted(f.subject for f in late)
+    listed = ", ".join(names[:GROUP_LIST])
+    more = f" and {len(names) - GROUP_LIST} more" if len(names) > GROUP_LIST else ""
+    summary = f"{len(names)} jobs are late: {listed}{more}"
+    group = Finding(
+        SCHEDULER,
+        "late",
+        summary,
+        min(f.since for f in late),
+        action="scheduler jobs",
+        details={"jobs": names[:200], "count": len(names)},
+    )
+    return [f for f in findings if f.kind not in LATE_KINDS or f.key in open_keys] + [group]
+
+
 def broken(jobs: list[JobRow], alive: list[InstanceRow], now: datetime) -> list[Finding]:
     """Job modules that failed to import on a live instance; jobs no live instance loaded."""
     if not alive:
@@ -206,6 +254,8 @@ def detect_jobs(snap: Snapshot) -> list[Finding]:
             if row.definition.get("enabled", True):
                 add(lateness(row, snap.activity.last_started.get(row.name), snap.now))
         add(failing(row, snap.activity.outcomes.get(row.name, [])))
+        streak = snap.activity.skipped.get(row.name, 0)
+        add(skipping(row, streak, snap.skip_alert_after, snap.activity.newest.get(row.name)))
     for run in snap.activity.running:
         if run.job in rows:
             add(overrunning(rows[run.job], run, snap.now))

@@ -2,9 +2,9 @@
 
 Each cycle (every `heartbeat`) an instance renews its membership row and the
 leases of its running runs, then tries to take or keep the leader lease. Only
-the leader runs the chores (reaping the work of dead instances, retention,
-the watchdog), and only while its lease is provably held: it stops acting as
-soon as a renewal fails. After a database outage it waits `settle_time`
+the leader runs the chores (reaping the work of dead instances, retention),
+and only while its lease is provably held: it stops acting as soon as a
+renewal fails. After a database outage it waits `settle_time`
 before reaping, so peers that were merely cut off too get to renew first.
 The leader's writes are fenced by its term: a deposed leader's reap matches
 no row. At a graceful stop the instance steps down at once but keeps
@@ -78,7 +78,6 @@ class Coordinator:
         self._jobs: set[str] = set()
         self._unknown_checked: datetime | None = None
         self._reported_unknown: set[str] = set()
-        self._reported_orphans: set[str] = set()
 
     # -- start-up -------------------------------------------------------------
 
@@ -129,6 +128,7 @@ class Coordinator:
             if not self.store.cluster.heartbeat(self.owner.instance, now, expires):
                 log.warning("peers declared this instance dead (heartbeat lapsed); rejoining")
                 self.store.cluster.revive(self.owner.instance, now, expires)
+            self.health.heartbeat_written()
             self._renew(expires)
             term = (
                 None
@@ -161,7 +161,7 @@ class Coordinator:
         self._lease_valid_until = mono + self.settings.lease_ttl.total_seconds()
         if mono < self._settle_until:
             return "leader: settling after a database outage, not reaping yet"
-        return "leader: " + self._chores(now, check_jobs)
+        return "leader: " + self._chores(now)
 
     def _renew(self, expires: datetime) -> None:
         ids = None if self.active_runs is None else self.active_runs()
@@ -179,13 +179,11 @@ class Coordinator:
         assert self.term is not None
         return LeaderFence(LEADER, self.owner.instance, self.term)
 
-    def _chores(self, now: datetime, check_jobs: bool) -> str:
+    def _chores(self, now: datetime) -> str:
         done = [self._reap(now)]
         if self._last_retention is None or now - self._last_retention >= RETENTION_EVERY:
             self._last_retention = now
             done.append(self._retention(now))
-        if check_jobs:
-            done.append(self._report_orphans(now))
         for name, chore in self.chores:
             if not self.holds_lease():
                 return "lease expired during chores; stopped"
@@ -254,20 +252,6 @@ class Coordinator:
             for name in inst.jobs:
                 holders.setdefault(name, []).append(inst.host)
         return holders
-
-    def _report_orphans(self, now: datetime) -> str:
-        """Leader: jobs in the database that no live instance has loaded are not run at all."""
-        names = {row.name for row in self.store.jobs.all() if not row.paused}
-        holders = self._holders(now)
-        orphans = {n for n in names if n not in holders}
-        for name in sorted(orphans - self._reported_orphans):
-            log.warning(
-                "job %s is loaded by no live instance: its slots are not run",
-                name,
-                extra={"job": name, "action": "orphan-job"},
-            )
-        self._reported_orphans = orphans
-        return f"{len(orphans)} jobs without an instance" if orphans else ""
 
     def _retention(self, now: datetime) -> str:
         cutoff = now - self.settings.retention

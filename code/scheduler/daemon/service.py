@@ -69,9 +69,15 @@ class Service:
         self.coordinator = Coordinator(
             self.store, self.clock, settings, self.owner, self.health, self._answering_for
         )
-        # Job checks run on the leader only; the loop (scheduler checks, outbox) on every instance.
-        self.watchdog = Watchdog(self.store, self.clock, settings, self.health, worker=self.owner.instance)
-        self.coordinator.chores.append(("watchdog", self.watchdog.chore))
+        # Its own thread on every instance; job checks on the leader only.
+        self.watchdog = Watchdog(
+            self.store,
+            self.clock,
+            settings,
+            self.health,
+            worker=self.owner.instance,
+            leading=self.coordinator.holds_lease,
+        )
         self._threads: list[threading.Thread] = []
         # The coordinator outlives the other loops at shutdown: it renews the leases of runs still finishing.
         self._drained = threading.Event()

@@ -207,6 +207,8 @@ class Dispatcher:
                 state.next_at = now + DEFER_STEP  # the cursor stays: the slot is still undecided
                 heapq.heappush(self._heap, (state.next_at, next(self._seq), state.spec.name))
         self._start(won)
+        if not failed and not deferred:
+            self.health.mark_caught_up()  # the first decided tick after start-up did the catch-up
         return won
 
     def _within_capacity(self, due: list[JobState], now: datetime) -> tuple[list[JobState], list[JobState]]:

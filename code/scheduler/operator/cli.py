@@ -334,7 +334,9 @@ def cmd_set(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_notify_test(settings: Settings, args: argparse.Namespace) -> int:
-    result = views.watchdog_function("send_test")(settings)
+    from scheduler.operator.alerts import send_test  # slack_sdk only for this command
+
+    result = send_test(settings)
     if args.json:
         _print_json({"sent": True, "result": views.plain(result)})
     else:

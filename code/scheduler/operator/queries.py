@@ -12,7 +12,6 @@ slot, or when it was defined, or when it was last resumed).
 from __future__ import annotations
 
 import getpass
-import importlib
 import socket
 from dataclasses import asdict, is_dataclass
 from datetime import datetime, timedelta
@@ -240,27 +239,10 @@ def list_audit(store: Store, job: str | None = None, limit: int = 50) -> list[di
 
 
 def list_alerts(store: Store, open_only: bool = True, limit: int = 50) -> list[dict[str, Any]]:
-    """Incidents from the watchdog. Raises RefusedError if this build has no watchdog."""
+    """Incidents raised by the watchdog, newest first."""
     if not 1 <= limit <= MAX_LIMIT:
         raise JobDefinitionError(f"limit must be 1-{MAX_LIMIT}, got {limit}")
-    return [plain(i) for i in watchdog_function("list_incidents")(store, open_only, limit)]
-
-
-def watchdog_function(name: str) -> Any:
-    """A function of the watchdog module, imported late: the CLI and API work without it.
-
-    Raises RefusedError if this build has no watchdog or it lacks `name`.
-    """
-    try:
-        watchdog = importlib.import_module("scheduler.alerting.watchdog")
-    except ModuleNotFoundError as exc:
-        if exc.name != "scheduler.alerting.watchdog":
-            raise
-        raise RefusedError("the watchdog (alerts, notifications) is not part of this build") from None
-    function = getattr(watchdog, name, None)
-    if function is None:
-        raise RefusedError(f"this build's watchdog has no {name}(): alerts are not available yet")
-    return function
+    return [plain(i) for i in store.incidents.incidents(open_only, limit)]
 
 
 def plain(value: Any) -> Any:
