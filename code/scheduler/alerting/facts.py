@@ -30,6 +30,9 @@ class _Job:
     outcomes: list[RunRow] = field(default_factory=list)  # newest slot first
     skipped: int = 0
     newest: datetime | None = None
+    failures: int = 0  # failed or timed-out outcomes in a row, counted as runs end
+    failures_at_least: bool = False  # the full read hit its depth: the streak may be longer
+    last_success: datetime | None = None  # the slot of the newest succeeded run known
 
 
 class RunFacts:
@@ -72,6 +75,9 @@ class RunFacts:
                 full.outcomes.get(name, []),
                 full.skipped.get(name, 0),
                 full.newest.get(name),
+                full.failures.get(name, 0),
+                name in full.failures_at_least,
+                next((r.scheduled_for for r in full.outcomes.get(name, []) if r.status == "succeeded"), None),
             )
         for run in full.running:
             self._watched.setdefault(run.id, WATCH_UNSETTLED)
@@ -103,6 +109,9 @@ class RunFacts:
             activity.skipped[name] = job.skipped
             if job.newest is not None:
                 activity.newest[name] = job.newest
+            activity.failures[name] = job.failures
+            if job.failures_at_least:
+                activity.failures_at_least.add(name)
         activity.running.extend(self.store.runfacts.running())
         return activity
 
@@ -111,10 +120,19 @@ def _fold(job: _Job, run: RunRow, depth: int) -> None:
     """Apply one (new or changed) row to a job's facts; applying it twice changes nothing."""
     if run.started_at is not None and (job.last_started is None or run.started_at > job.last_started):
         job.last_started = run.started_at
+    known = {r.id: r.status for r in job.outcomes}
     kept = [r for r in job.outcomes if r.id != run.id]
     if run.status in OUTCOMES:
         kept.append(run)
         kept.sort(key=lambda r: r.scheduled_for, reverse=True)
+    if run.status in OUTCOMES and known.get(run.id) != run.status:
+        after_success = job.last_success is None or run.scheduled_for > job.last_success
+        if run.status != "succeeded" and after_success:
+            job.failures += 1  # the streak is the failed outcomes after the newest success
+        elif run.status == "succeeded" and after_success:
+            job.last_success = run.scheduled_for
+            job.failures = sum(r.status != "succeeded" and r.scheduled_for > run.scheduled_for for r in kept)
+            job.failures_at_least = False
     job.outcomes = kept[:depth]
     if job.newest is None or run.scheduled_for > job.newest:
         job.newest = run.scheduled_for

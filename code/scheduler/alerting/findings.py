@@ -92,19 +92,29 @@ def lateness(row: JobRow, last_started: datetime | None, now: datetime) -> Findi
     return Finding(row.name, "delayed", summary, missed, action=action, details=details)
 
 
-def failing(row: JobRow, outcomes: list[RunRow]) -> Finding | None:
-    """`alert_after_failures` failed or timed-out runs in a row, newest first in `outcomes`."""
+def failing(
+    row: JobRow, outcomes: list[RunRow], failures: int | None = None, at_least: bool = False
+) -> Finding | None:
+    """`alert_after_failures` failed or timed-out runs in a row, newest first in `outcomes`.
+
+    `failures` is the length of the streak when it is known beyond `outcomes`
+    (the watchdog counts it as runs end); `at_least`: it may be longer.
+    """
     threshold = max(1, int(row.definition.get("alert_after_failures") or 1))
     streak = []
     for run in outcomes:
         if run.status == "succeeded":
             break
         streak.append(run)
-    if len(streak) < threshold:
+    if not streak:
+        return None
+    total = max(len(streak), failures or 0)
+    if total < threshold:
         return None
     latest, first = streak[0], streak[-1]
-    count = f"{len(streak)}+" if len(streak) == len(outcomes) == MAX_STREAK else str(len(streak))
-    summary = f"the last {count} runs failed" if len(streak) > 1 else "the last run failed"
+    at_least = at_least or (failures is None and len(streak) == len(outcomes) == MAX_STREAK)
+    count = f"{total}+" if at_least else str(total)
+    summary = f"the last {count} runs failed" if total > 1 else "the last run failed"
     summary += f" (alerts after {threshold}); latest: run {latest.id} {latest.status}"
     error = ": ".join(p for p in (latest.error_type, latest.error_message) if p) or latest.status
     return Finding(
@@ -115,7 +125,7 @@ def failing(row: JobRow, outcomes: list[RunRow]) -> Finding | None:
         host=latest.host,
         last_error=error,
         action=f"scheduler history {row.name}",
-        details={"run_id": latest.id, "failures": len(streak), "threshold": threshold},
+        details={"run_id": latest.id, "failures": total, "threshold": threshold},
     )
 
 
@@ -253,7 +263,9 @@ def detect_jobs(snap: Snapshot) -> list[Finding]:
         if row.name in loaded and row.name not in running and not row.paused:
             if row.definition.get("enabled", True):
                 add(lateness(row, snap.activity.last_started.get(row.name), snap.now))
-        add(failing(row, snap.activity.outcomes.get(row.name, [])))
+        failures = snap.activity.failures.get(row.name)
+        at_least = row.name in snap.activity.failures_at_least
+        add(failing(row, snap.activity.outcomes.get(row.name, []), failures, at_least))
         streak = snap.activity.skipped.get(row.name, 0)
         add(skipping(row, streak, snap.skip_alert_after, snap.activity.newest.get(row.name)))
     for run in snap.activity.running:

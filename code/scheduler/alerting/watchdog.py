@@ -111,8 +111,8 @@ def _text_age(incident: IncidentRow, now: datetime) -> timedelta:
 
 
 def alive_with_margin(recent: list[InstanceRow], now: datetime, ttl: timedelta) -> list[InstanceRow]:
-    """Instances that heartbeated within two lease TTLs: a busy instance is late, not dead."""
-    return [i for i in recent if i.stopped_at is None and i.heartbeat_at >= now - 2 * ttl]
+    """Instances whose lease ran out less than a lease TTL ago: a busy instance is late, not dead."""
+    return [i for i in recent if i.stopped_at is None and i.expires_at + ttl >= now]
 
 
 # -- I/O: snapshots, transitions, the loop --------------------------------------
@@ -181,7 +181,7 @@ class Watchdog:
         """No live instance. Runs on every instance. Raises StoreUnavailable.
 
         Never while this instance renews its own heartbeat: it is alive. Otherwise
-        an instance counts as alive for two lease TTLs after its last heartbeat.
+        an instance counts as alive for one lease TTL past its lease.
         """
         age = self.health.heartbeat_age()
         finding = None

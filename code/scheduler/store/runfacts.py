@@ -35,6 +35,8 @@ class Activity:
     outcomes: dict[str, list[RunRow]] = field(default_factory=dict)  # newest first
     skipped: dict[str, int] = field(default_factory=dict)  # skipped slots in a row, newest first
     newest: dict[str, datetime] = field(default_factory=dict)  # the newest slot with a row
+    failures: dict[str, int] = field(default_factory=dict)  # failed or timed-out outcomes in a row
+    failures_at_least: set[str] = field(default_factory=set)  # jobs whose streak may be longer
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,10 @@ class RunFactsRepository:
                 if started is not None:
                     activity.last_started[name] = _as_utc(started)
                 activity.outcomes[name] = outcomes
+                streak = next((n for n, r in enumerate(outcomes) if r.status == "succeeded"), len(outcomes))
+                activity.failures[name] = streak
+                if streak == depth:
+                    activity.failures_at_least.add(name)
                 activity.skipped[name] = next(
                     (n for n, r in enumerate(newest) if r.status != "skipped"), len(newest)
                 )
