@@ -43,7 +43,7 @@ def run(params: dict[str, Any]) -> dict[str, Any]:
 
 def _ours(p: dict[str, Any]) -> list[float]:
     import sqlalchemy as sa
-    from scheduler.daemon.service import Service
+    from scheduler.daemon.wiring import build_service
     from scheduler.store import Store
     from scheduler.store.schema import runs
 
@@ -52,7 +52,7 @@ def _ours(p: dict[str, Any]) -> list[float]:
         base = Path(tmp)
         with database("sqlite", base) as url:
             write_jobs(base / "jobs", 1, p["interval"], body="sleep200")
-            service = Service(settings_for(base, url, base / "jobs"))
+            service = build_service(settings_for(base, url, base / "jobs"))
             service.start()
             try:
                 time.sleep(p["duration"])

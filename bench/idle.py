@@ -53,13 +53,13 @@ def _measure(next_burst: float, quiet: float) -> dict[str, float]:
 
 
 def _ours(p: dict[str, Any]) -> dict[str, Any]:
-    from scheduler.daemon.service import Service
+    from scheduler.daemon.wiring import build_service
 
     with tempfile.TemporaryDirectory(prefix="bench-idle-") as tmp:
         base = Path(tmp)
         with database("sqlite", base) as url:
             write_jobs(base / "jobs", p["jobs"], p["interval"])
-            service = Service(settings_for(base, url, base / "jobs", pool_size=p["pool_size"]))
+            service = build_service(settings_for(base, url, base / "jobs", pool_size=p["pool_size"]))
             started = time.monotonic()
             service.start()
             startup = time.monotonic() - started

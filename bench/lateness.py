@@ -61,7 +61,7 @@ def count_slots(anchor: float, interval: float, begin: float, end: float) -> int
 
 
 def run_ours(p: dict[str, Any]) -> dict[str, Any]:
-    from scheduler.daemon.service import Service
+    from scheduler.daemon.wiring import build_service
 
     with tempfile.TemporaryDirectory(prefix="bench-lateness-") as tmp:
         base = Path(tmp)
@@ -70,7 +70,7 @@ def run_ours(p: dict[str, Any]) -> dict[str, Any]:
             write_jobs(base / "jobs", p["jobs"], p["interval"], anchors=anchors)
             extra = {"watchdog_interval": p["watchdog_interval"]} if p["watchdog_interval"] else {}
             settings = settings_for(base, url, base / "jobs", pool_size=p["pool_size"], **extra)
-            service = Service(settings)
+            service = build_service(settings)
             started = time.monotonic()
             service.start()
             startup = time.monotonic() - started

@@ -47,7 +47,7 @@ def run(params: dict[str, Any]) -> dict[str, Any]:
 
 
 def _ours_startup(p: dict[str, Any]) -> dict[str, Any]:
-    from scheduler.daemon.service import Service
+    from scheduler.daemon.wiring import build_service
     from scheduler.store import Store
 
     with tempfile.TemporaryDirectory(prefix="bench-startup-") as tmp:
@@ -57,7 +57,7 @@ def _ours_startup(p: dict[str, Any]) -> dict[str, Any]:
             process = [_process_start(base, url, name) for name in ("cold", "warm")]
             store = Store(url)
             settings = settings_for(base, url, base / "jobs")
-            service = Service(settings)
+            service = build_service(settings)
             started = time.monotonic()
             service.start()
             in_process = time.monotonic() - started

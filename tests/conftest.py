@@ -1,4 +1,4 @@
-"""Shared fixtures: a store on SQLite and on PostgreSQL, fake clocks, polling helpers.
+"""Shared fixtures: a store on SQLite and on PostgreSQL, a fake clock, a fake Slack.
 
 PostgreSQL tests use a fresh database per test on 127.0.0.1:5432. Where it
 cannot be reached they skip with a loud reason, except under CI=true, where
@@ -8,9 +8,8 @@ they fail.
 from __future__ import annotations
 
 import os
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -20,10 +19,11 @@ import pytest
 from scheduler.clock import FakeClock
 from scheduler.store import Store
 
+from tests.support.fakeslack import fake_slack_fixture  # noqa: F401  (the `fake_slack` fixture)
+
 PG_HOST = os.environ.get("SCHEDULER_TEST_PG_HOST", "127.0.0.1")
 PG_PORT = int(os.environ.get("SCHEDULER_TEST_PG_PORT", "5432"))
 PG_USER = os.environ.get("SCHEDULER_TEST_PG_USER", "postgres")
-REPO = Path(__file__).resolve().parents[1]
 
 
 def _admin() -> Any:
@@ -85,15 +85,3 @@ def store(db_url: str) -> Iterator[Store]:
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock(datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC))
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.05) -> Any:
-    """Poll `predicate` until it returns something truthy; fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s: {predicate}")
-        time.sleep(interval)

@@ -20,7 +20,7 @@ from scheduler.operator import queries as views
 from scheduler.store import Claim, InstanceRow, Outcome, Owner, Store
 from scheduler.store.cluster import LEADER
 
-from tests.fakeslack import FakeSlack, fake_slack_fixture  # noqa: F401
+from tests.support.fakeslack import FakeSlack
 
 REPO = Path(__file__).resolve().parents[1]
 OWNER = Owner("inst-a", "host-a", 4242)

@@ -16,12 +16,13 @@ from scheduler import config
 from scheduler.clock import FakeClock
 from scheduler.cluster.health import Health
 from scheduler.daemon.service import Service
+from scheduler.daemon.wiring import build_service
 from scheduler.engine.runner import ActiveRun, JobContext
 from scheduler.jobs.registry import make_spec
 from scheduler.operator.metrics import Metrics
 from scheduler.store import Claim, Claimed, InstanceRow, Outcome, Owner, Store
 
-from tests.conftest import wait_until
+from tests.support.polling import wait_until
 
 OWNER = Owner("inst-a", "host-a", 4242)
 
@@ -161,7 +162,7 @@ def service(tmp_path: Path) -> Iterator[Service]:
         "SCHEDULER_LEASE_TTL": "1s",
         "SCHEDULER_GRACE_PERIOD": "2s",
     }
-    svc = Service(config.load(env=env))
+    svc = build_service(config.load(env=env))
     svc.start()
     try:
         yield svc

@@ -23,7 +23,7 @@ from scheduler.alerting.slack import (
     make_notifier,
 )
 
-from tests.fakeslack import WEBHOOK_PATH, FakeSlack, fake_slack_fixture  # noqa: F401
+from tests.support.fakeslack import WEBHOOK_PATH, FakeSlack
 
 TOKEN = "xoxb-000000000-fakeTokenSecret"
 SINCE = datetime(2026, 11, 25, 8, 0, tzinfo=UTC)

@@ -16,8 +16,8 @@ from scheduler.clock import FakeClock
 from scheduler.store import Store
 from scheduler.store.incidents import IncidentRow
 
-from tests.conftest import wait_until
-from tests.fakeslack import FakeSlack, fake_slack_fixture  # noqa: F401
+from tests.support.fakeslack import FakeSlack
+from tests.support.polling import wait_until
 
 TOKEN = "xoxb-111111111-outboxTokenSecret"
 

@@ -14,8 +14,8 @@ from scheduler.clock import FakeClock, SystemClock
 from scheduler.engine.recorder import BATCH, Recorder
 from scheduler.store import Claim, Outcome, Owner, Store
 
-from tests.conftest import wait_until
-from tests.system.tcpproxy import TcpProxy
+from tests.support.polling import wait_until
+from tests.support.tcpproxy import TcpProxy
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 OWNER = Owner("recorder-test", "test-host", 555)

@@ -23,15 +23,15 @@ from scheduler.alerting.watchdog import Watchdog, plan
 from scheduler.clock import FakeClock
 from scheduler.cluster.health import Health
 from scheduler.config import Settings
-from scheduler.daemon.service import Service
+from scheduler.daemon.wiring import build_service
 from scheduler.errors import SchedulerError
 from scheduler.jobs.registry import make_spec
 from scheduler.operator.alerts import send_test
 from scheduler.store import Claim, Claimed, InstanceRow, JobRow, Outcome, Owner, Store
 from scheduler.store.incidents import IncidentRow
 
-from tests.fakeslack import FakeSlack, fake_slack_fixture  # noqa: F401
-from tests.system.tcpproxy import TcpProxy
+from tests.support.fakeslack import FakeSlack
+from tests.support.tcpproxy import TcpProxy
 
 TOKEN = "xoxb-222222222-watchdogTokenSecret"
 OWNER = Owner("inst-a", "node-a", 4242)
@@ -683,7 +683,7 @@ def test_service_reports_a_failing_job_and_a_broken_module_to_slack(
         "    raise RuntimeError('upstream refused')\n"
     )
     (config.jobs_path / "nightly.py").write_text("import module_that_does_not_exist\n")
-    service = Service(config)
+    service = build_service(config)
     try:
         service.start()
         assert fake_slack.wait_for(2, timeout=20)
@@ -711,7 +711,7 @@ def test_service_cut_off_from_postgresql_alerts_directly_and_threads_the_recover
     config = service_settings(
         fake_slack, tmp_path, proxy.url_for(pg_url), db_alert_after=timedelta(seconds=1)
     )
-    service = Service(config)
+    service = build_service(config)
     try:
         service.start()
         proxy.cut()

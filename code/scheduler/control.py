@@ -171,12 +171,12 @@ def _tell(fd: int | None, message: str) -> None:
 
 def _serve(settings: Settings, *, stderr: bool, ready_fd: int | None = None) -> int:
     from scheduler.daemon import logsetup
-    from scheduler.daemon.service import Service
+    from scheduler.daemon.wiring import build_service
 
     log_path = logsetup.configure(
         settings.log_dir, settings.log_level, settings.log_max_bytes, settings.log_backups, stderr=stderr
     )
-    service = Service(settings)
+    service = build_service(settings)
     _install_signals(service)
     try:
         service.start()

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.system.helpers import Sandbox
+from tests.support.sandbox import Sandbox
 
 pytestmark = pytest.mark.system
 

@@ -29,8 +29,9 @@ import psycopg2
 import pytest
 from scheduler.store import Store
 
-from tests.conftest import REPO, wait_until
-from tests.system.tcpproxy import TcpProxy
+from tests.support import REPO
+from tests.support.polling import wait_until
+from tests.support.tcpproxy import TcpProxy
 
 pytestmark = [pytest.mark.system, pytest.mark.postgres]
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.system.helpers import CONTROL, REPO, Sandbox, process_gone, wait_until
+from tests.support.sandbox import CONTROL, REPO, Sandbox, process_gone, wait_until
 
 pytestmark = pytest.mark.system
 

@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 import websocket
 
-from tests.system.helpers import REPO, Sandbox, query, wait_until
+from tests.support.sandbox import REPO, Sandbox, query, wait_until
 
 pytestmark = pytest.mark.system
 

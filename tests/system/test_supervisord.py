@@ -26,8 +26,8 @@ import pytest
 import sqlalchemy as sa
 from supervisor.xmlrpc import SupervisorTransport
 
-from tests.conftest import wait_until
-from tests.test_ansible import render_program, supervisord_conf, template_variables
+from tests.support.polling import wait_until
+from tests.support.supervisord import render_program, supervisord_conf, template_variables
 
 pytestmark = pytest.mark.system
 

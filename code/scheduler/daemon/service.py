@@ -1,4 +1,6 @@
-"""Wiring: builds the parts, starts their threads, and stops them in order.
+"""The daemon's lifecycle: starts the parts' threads, and stops them in order.
+
+The parts are built and connected outside (`scheduler.daemon.wiring.build_service`).
 
 Shutdown order: stop claiming; ask running jobs to wrap up and wait up to the
 grace period; write their records; mark what still runs `abandoned`; release
@@ -8,88 +10,76 @@ the leader lease and leave the cluster; dispose of the engine.
 from __future__ import annotations
 
 import logging
-import os
 import threading
-import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
 from scheduler import config as config_module
 from scheduler.alerting.watchdog import Watchdog
-from scheduler.clock import Clock, SystemClock
+from scheduler.clock import Clock
 from scheduler.cluster.coordination import Coordinator, pid_alive
 from scheduler.cluster.health import Health
 from scheduler.config import Settings
 from scheduler.engine.dispatcher import Dispatcher
 from scheduler.engine.recorder import Recorder
-from scheduler.engine.runner import ActiveRun, Runner
+from scheduler.engine.runner import Runner
 from scheduler.errors import SchedulerError
 from scheduler.jobs.registry import JobSpec, LoadProblem, load_jobs
-from scheduler.operator.http import Api, HttpServer
+from scheduler.operator.http import HttpServer
 from scheduler.operator.metrics import Metrics
-from scheduler.store import Claimed, Owner, Store
+from scheduler.store import Owner, Store
 
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class Parts:
+    """What a Service runs, built and connected by `scheduler.daemon.wiring` (or by a test)."""
+
+    store: Store
+    owner: Owner
+    health: Health
+    recorder: Recorder
+    runner: Runner
+    dispatcher: Dispatcher
+    coordinator: Coordinator
+    watchdog: Watchdog
+    metrics: Metrics
+    # Binds the HTTP server; called first thing in `start`, so a taken port fails the start.
+    bind_http: Callable[[], HttpServer] | None = None
+
+
 class Service:
-    def __init__(self, settings: Settings, clock: Clock | None = None) -> None:
+    """Starts the parts' loops, reloads jobs on SIGHUP, and stops the parts in order.
+
+    `stop_event` is the event the runner was given: setting it asks running jobs to wrap up.
+    """
+
+    def __init__(self, settings: Settings, clock: Clock, parts: Parts, stop_event: threading.Event) -> None:
         self.settings = settings
-        self.clock = clock or SystemClock()
-        self.stop_event = threading.Event()
+        self.clock = clock
+        self.stop_event = stop_event
         self.reload_event = threading.Event()
-        self.store = Store(settings.database_url)
-        self.owner = Owner(uuid.uuid4().hex[:12], settings.instance_name, os.getpid())
-        self.health = Health(self.clock)
+        self.store = parts.store
+        self.owner = parts.owner
+        self.health = parts.health
+        self.recorder = parts.recorder
+        self.runner = parts.runner
+        self.dispatcher = parts.dispatcher
+        self.coordinator = parts.coordinator
+        self.watchdog = parts.watchdog
+        self.metrics = parts.metrics
+        self._bind_http = parts.bind_http
         self.specs: dict[str, JobSpec] = {}
         self.problems: list[LoadProblem] = []
-        self.recorder = Recorder(self.clock, self.store.runs.finish, self.spool_path, self.health.database)
-        self.health.when_recovered(self.recorder.nudge)
-        self.runner = Runner(
-            self.clock,
-            settings.pool_size,
-            settings.max_log_bytes,
-            self.recorder.record,
-            self._set_attempt,
-            self._on_run_done,
-            self.stop_event,
-        )
-        self.dispatcher = Dispatcher(
-            self.store,
-            self.clock,
-            self.runner,
-            self.owner,
-            settings.lease_ttl,
-            settings.catchup_limit,
-            min(1.0, settings.heartbeat.total_seconds()),
-            self.health,
-            settings.pool_size,
-        )
-        self.coordinator = Coordinator(
-            self.store, self.clock, settings, self.owner, self.health, self._answering_for
-        )
-        # Its own thread on every instance; job checks on the leader only.
-        self.watchdog = Watchdog(
-            self.store,
-            self.clock,
-            settings,
-            self.health,
-            worker=self.owner.instance,
-            leading=self.coordinator.holds_lease,
-        )
         self._threads: list[threading.Thread] = []
         # The coordinator outlives the other loops at shutdown: it renews the leases of runs still finishing.
         self._drained = threading.Event()
         self._coordinator_thread: threading.Thread | None = None
         self.on_stop: list[Callable[[], None]] = []
-        leading, running = self.coordinator.holds_lease, self._running
-        self.metrics = Metrics(self.store, self.health, self.clock, self.owner.instance, leading, running)
         self.http: HttpServer | None = None
-
-    @property
-    def spool_path(self) -> Path:
-        return self.settings.state_dir / f"spool-{self.settings.instance_name}.jsonl"
 
     # -- start ------------------------------------------------------------
 
@@ -98,9 +88,8 @@ class Service:
 
         Raises SchedulerError (StoreError, AlreadyRunningError, ...) if it cannot start.
         """
-        if self.settings.http_enabled:  # bind first: a taken port fails the start before anything runs
-            app = Api(self.store, self.health, self.clock, self.settings.api_token, self.metrics)
-            self.http = HttpServer(app, self.settings.http_host, self.settings.http_port)
+        if self._bind_http is not None:  # bind first: a taken port fails the start before anything runs
+            self.http = self._bind_http()
         self.store.upgrade()
         now = self.clock.now()
         if self.store.is_sqlite:
@@ -167,24 +156,6 @@ class Service:
         return [{"where": p.where, "message": p.message} for p in self.problems]
 
     # -- while running ----------------------------------------------------
-
-    def _set_attempt(self, claimed: Claimed, attempt: int) -> None:
-        try:
-            self.store.runs.set_attempt(claimed.run_id, claimed.fence, attempt)
-        except SchedulerError as exc:
-            log.warning("could not record attempt %d of run %s: %s", attempt, claimed.run_id, exc)
-
-    def _answering_for(self) -> set[int]:
-        """Runs whose leases this process renews: running here, or ended with the outcome unwritten."""
-        return {a.claimed.run_id for a in self.runner.active()} | self.recorder.pending_runs()
-
-    def _running(self) -> int:
-        return len(self.runner.active())
-
-    def _on_run_done(self, run: ActiveRun) -> None:
-        self.metrics.observe_run(run)
-        # A queued slot of this job may now run: let the dispatcher look at once.
-        self.dispatcher.poll_soon()
 
     def reload(self) -> None:
         """SIGHUP: re-import job modules and re-read the log level."""

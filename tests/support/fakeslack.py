@@ -256,8 +256,7 @@ class _Handler(BaseHTTPRequestHandler):
 def fake_slack_fixture(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeSlack]:
     """A running FakeSlack, closed after the test.
 
-    Import `fake_slack_fixture`: tests take the fixture as `fake_slack`, and
-    an imported name `fake_slack` would be redefined by each of them (ruff F811).
+    Registered for every test by tests/conftest.py; tests take it as `fake_slack`.
     """
     # slack_sdk sends through HTTP(S)_PROXY and ignores NO_PROXY; the fake is local.
     for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy"):
@@ -267,6 +266,3 @@ def fake_slack_fixture(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeSlack]:
         yield server
     finally:
         server.close()
-
-
-fake_slack = fake_slack_fixture  # the same fixture, for `from tests.fakeslack import fake_slack`

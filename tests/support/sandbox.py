@@ -17,7 +17,7 @@ The API, kept small on purpose:
   CompletedProcess with text output.
 - `query(db_url, sql, **params)`: rows as dicts, on SQLite or PostgreSQL.
 - `process_gone(pid)`: True once a process (our child or not) has exited.
-- `wait_until(predicate, timeout)`: polling with a deadline (tests.conftest).
+- `wait_until(predicate, timeout)`: polling with a deadline (tests.support.polling).
 """
 
 from __future__ import annotations
@@ -33,11 +33,11 @@ from typing import Any
 import sqlalchemy as sa
 from scheduler.store import RunRow, Store
 
-from tests.conftest import wait_until
+from tests.support import REPO
+from tests.support.polling import wait_until
 
 __all__ = ["CONTROL", "REPO", "Daemon", "Sandbox", "process_gone", "query", "run_control", "wait_until"]
 
-REPO = Path(__file__).resolve().parents[2]
 CONTROL = REPO / "code" / "scheduler" / "control.py"
 READY = "scheduler.daemon.service: started instance"  # logged once the daemon runs
 # Settings every sandbox gets unless a test overrides them: short enough to keep tests quick.

@@ -1,0 +1,104 @@
+"""Composition: builds a Service's parts from the settings and connects their callbacks.
+
+This is the one place that knows which part feeds which: the runner writes ends
+through the recorder, the coordinator renews the leases of what the runner and
+the recorder still answer for, the watchdog checks jobs while this instance holds
+the leader lease (in its own thread). Tests build
+a Service here, or pass their own parts to `Service`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import uuid
+from pathlib import Path
+
+from scheduler.alerting.watchdog import Watchdog
+from scheduler.clock import Clock, SystemClock
+from scheduler.cluster.coordination import Coordinator
+from scheduler.cluster.health import Health
+from scheduler.config import Settings
+from scheduler.daemon.service import Parts, Service
+from scheduler.engine.dispatcher import Dispatcher
+from scheduler.engine.recorder import Recorder
+from scheduler.engine.runner import ActiveRun, Runner
+from scheduler.errors import SchedulerError
+from scheduler.operator.http import Api, HttpServer
+from scheduler.operator.metrics import Metrics
+from scheduler.store import Claimed, Owner, Store
+
+log = logging.getLogger(__name__)
+
+
+def spool_path(settings: Settings) -> Path:
+    """Where this instance keeps the run ends it could not write before exit."""
+    return settings.state_dir / f"spool-{settings.instance_name}.jsonl"
+
+
+def build_service(settings: Settings, clock: Clock | None = None) -> Service:
+    """Every part of a daemon from `settings`, not started; `clock` defaults to the system clock."""
+    clock = clock or SystemClock()
+    stop = threading.Event()
+    store = Store(settings.database_url)
+    owner = Owner(uuid.uuid4().hex[:12], settings.instance_name, os.getpid())
+    health = Health(clock)
+    recorder = Recorder(clock, store.runs.finish, spool_path(settings), health.database)
+    health.when_recovered(recorder.nudge)
+
+    def set_attempt(claimed: Claimed, attempt: int) -> None:
+        try:
+            store.runs.set_attempt(claimed.run_id, claimed.fence, attempt)
+        except SchedulerError as exc:
+            log.warning("could not record attempt %d of run %s: %s", attempt, claimed.run_id, exc)
+
+    def on_run_done(run: ActiveRun) -> None:
+        metrics.observe_run(run)
+        # A queued slot of this job may now run: let the dispatcher look at once.
+        dispatcher.poll_soon()
+
+    def answering_for() -> set[int]:
+        """Runs whose leases this process renews: running here, or ended with the outcome unwritten."""
+        return {a.claimed.run_id for a in runner.active()} | recorder.pending_runs()
+
+    runner = Runner(
+        clock, settings.pool_size, settings.max_log_bytes, recorder.record, set_attempt, on_run_done, stop
+    )
+    dispatcher = Dispatcher(
+        store,
+        clock,
+        runner,
+        owner,
+        settings.lease_ttl,
+        settings.catchup_limit,
+        min(1.0, settings.heartbeat.total_seconds()),
+        health,
+        settings.pool_size,
+    )
+    coordinator = Coordinator(store, clock, settings, owner, health, answering_for)
+    # Its own thread on every instance; job checks on the leader only.
+    watchdog = Watchdog(
+        store, clock, settings, health, worker=owner.instance, leading=coordinator.holds_lease
+    )
+    metrics = Metrics(
+        store, health, clock, owner.instance, coordinator.holds_lease, lambda: len(runner.active())
+    )
+
+    def bind_http() -> HttpServer:
+        app = Api(store, health, clock, settings.api_token, metrics)
+        return HttpServer(app, settings.http_host, settings.http_port)
+
+    parts = Parts(
+        store=store,
+        owner=owner,
+        health=health,
+        recorder=recorder,
+        runner=runner,
+        dispatcher=dispatcher,
+        coordinator=coordinator,
+        watchdog=watchdog,
+        metrics=metrics,
+        bind_http=bind_http if settings.http_enabled else None,
+    )
+    return Service(settings, clock, parts, stop)
