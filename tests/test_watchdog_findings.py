@@ -24,7 +24,7 @@ from scheduler.jobs.registry import make_spec
 from scheduler.store import Claim, Claimed, InstanceRow, Outcome, Owner, Store
 from scheduler.store.schema import runs
 
-from tests.fakeslack import FakeSlack, fake_slack_fixture  # noqa: F401
+from tests.support.fakeslack import FakeSlack
 
 TOKEN = "xoxb-333333333-findingsTokenSecret"
 OWNER = Owner("inst-a", "node-a", 4242)
