@@ -9,19 +9,20 @@ from __future__ import annotations
 
 import random
 from dataclasses import replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
 from scheduler.alerting.facts import RunFacts
+from scheduler.alerting.findings import LatenessMemo, lateness
 from scheduler.alerting.watchdog import Watchdog
 from scheduler.clock import FakeClock
 from scheduler.cluster.health import Health
 from scheduler.config import Settings
 from scheduler.jobs.registry import make_spec
-from scheduler.store import Claim, Claimed, InstanceRow, Outcome, Owner, Store
+from scheduler.store import Claim, Claimed, InstanceRow, JobRow, Outcome, Owner, Store
 from scheduler.store.schema import runs
 
 from tests.support.fakeslack import FakeSlack
@@ -284,3 +285,30 @@ def test_a_quiet_pass_over_many_jobs_reads_no_run_rows(store: Store, clock: Fake
     assert facts.rows_read == 0
     with store.db.read() as conn:
         assert conn.execute(sa.select(sa.func.count()).select_from(runs)).scalar() == 300
+
+
+def test_lateness_memo_answers_as_the_pure_check_at_every_instant() -> None:
+    start = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+    rows = []
+    for name, options in [
+        ("every.minute", {"interval": timedelta(seconds=60)}),
+        ("every.ten", {"interval": timedelta(minutes=10), "grace": timedelta(seconds=20)}),
+        ("weekday.cron", {"cron": "*/7 9-17 * * 1-5", "timezone": "Europe/Paris"}),
+    ]:
+        definition = make_spec(job_func, name=name, **options).definition()
+        rows.append(
+            JobRow(name, definition, "", start, start, start, start, False, None, None, None, None, None)
+        )
+    memo = LatenessMemo()
+    rng = random.Random(3)
+    last: dict[str, datetime | None] = {row.name: None for row in rows}
+    now = start
+    for _ in range(3000):
+        now += timedelta(seconds=rng.choice([1, 7, 30, 59, 61, 600]))
+        for row in rows:
+            if rng.random() < 0.1:
+                last[row.name] = now - timedelta(seconds=rng.choice([0, 5, 90]))
+            assert memo.lateness(row, last[row.name], now) == lateness(row, last[row.name], now), (
+                row.name,
+                now,
+            )

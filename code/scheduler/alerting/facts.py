@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from scheduler.store import Store
+from scheduler.store import JobRow, Store
 from scheduler.store.history import RunRow
 from scheduler.store.runfacts import CHANGED_LIMIT, OUTCOMES, Activity
 
@@ -114,6 +114,33 @@ class RunFacts:
                 activity.failures_at_least.add(name)
         activity.running.extend(self.store.runfacts.running())
         return activity
+
+
+class JobRows:
+    """The job rows, kept current from the rows changed since the last pass.
+
+    An unchanged job keeps its row object, so per-job answers can be kept by
+    identity (`findings.LatenessMemo`). Read afresh every `RESYNC_EVERY`.
+    """
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._rows: dict[str, JobRow] = {}
+        self._since: datetime | None = None
+        self._synced_at: datetime | None = None
+
+    def refresh(self, now: datetime) -> list[JobRow]:
+        """Raises StoreUnavailable."""
+        if self._since is None or self._synced_at is None or now - self._synced_at >= RESYNC_EVERY:
+            self._rows = {r.name: r for r in self.store.jobs.all()}
+            self._synced_at = now
+        else:
+            for row in self.store.jobs.changed_since(self._since):
+                old = self._rows.get(row.name)
+                if old is None or old != row:
+                    self._rows[row.name] = row
+        self._since = now
+        return list(self._rows.values())
 
 
 def _fold(job: _Job, run: RunRow, depth: int) -> None:

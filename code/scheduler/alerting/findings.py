@@ -20,7 +20,7 @@ Defaults chosen:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -40,6 +40,27 @@ LATE_KINDS = ("delayed", "inactive")
 GROUP_LIST = 20  # job names listed in a grouped message; the rest are counted
 
 
+@dataclass
+class LatenessMemo:
+    """Lateness answers kept between passes, per job: asked again only when the job row
+    (by identity: the watchdog keeps unchanged rows) or its last start changed, or when
+    its expected slot moved. Most of 10,000 jobs are not near a deadline at any pass."""
+
+    entries: dict[str, tuple[JobRow, datetime | None, datetime, Finding | None]] = field(default_factory=dict)
+
+    def lateness(self, row: JobRow, last_started: datetime | None, now: datetime) -> Finding | None:
+        entry = self.entries.get(row.name)
+        if entry is not None and entry[0] is row and entry[1] == last_started and now < entry[2]:
+            return entry[3]
+        finding, recheck = _lateness(row, last_started, now)
+        self.entries[row.name] = (row, last_started, recheck, finding)
+        return finding
+
+    def keep_only(self, names: set[str]) -> None:
+        for gone in self.entries.keys() - names:
+            del self.entries[gone]
+
+
 @dataclass(frozen=True)
 class Snapshot:
     now: datetime
@@ -47,6 +68,7 @@ class Snapshot:
     activity: Activity
     alive: list[InstanceRow]
     skip_alert_after: int = 3
+    memo: LatenessMemo | None = None
 
 
 def period_at(schedule: Schedule, slot: datetime) -> timedelta:
@@ -69,11 +91,31 @@ def lateness(row: JobRow, last_started: datetime | None, now: datetime) -> Findi
     Only slots after the definition last changed (`updated_at`: code change,
     pause, resume or schedule override) count.
     """
+    return _lateness(row, last_started, now)[0]
+
+
+def _lateness(row: JobRow, last_started: datetime | None, now: datetime) -> tuple[Finding | None, datetime]:
+    """The finding, and the instant before which it cannot change (the row and last start unchanged)."""
     schedule = row.schedule()
     first = schedule.next_after(row.updated_at)
     latest = schedule.previous_before(now) or first
     grace = grace_for(row, period_at(schedule, latest))
     expected = schedule.previous_before(now - grace + timedelta(microseconds=1))
+    # `expected` moves when the next slot's grace runs out, and the grace (of a cron job)
+    # may change once the next slot has passed: until the earlier, the answer stands.
+    tick = timedelta(microseconds=1)
+    recheck = min(schedule.next_after(now - grace) + grace - tick, schedule.next_after(now - tick) + tick)
+    return _late(row, schedule, first, grace, expected, last_started), recheck
+
+
+def _late(
+    row: JobRow,
+    schedule: Schedule,
+    first: datetime,
+    grace: timedelta,
+    expected: datetime | None,
+    last_started: datetime | None,
+) -> Finding | None:
     if expected is None or expected < first:
         return None
     action = f"scheduler history {row.name}"
@@ -254,6 +296,9 @@ def detect_jobs(snap: Snapshot) -> list[Finding]:
     running = {run.job for run in snap.activity.running}
     rows = {row.name: row for row in snap.jobs}
     found: dict[tuple[str, str], Finding] = {}
+    late = lateness if snap.memo is None else snap.memo.lateness
+    if snap.memo is not None:
+        snap.memo.keep_only(set(rows))
 
     def add(finding: Finding | None) -> None:
         if finding is not None:
@@ -262,7 +307,7 @@ def detect_jobs(snap: Snapshot) -> list[Finding]:
     for row in snap.jobs:
         if row.name in loaded and row.name not in running and not row.paused:
             if row.definition.get("enabled", True):
-                add(lateness(row, snap.activity.last_started.get(row.name), snap.now))
+                add(late(row, snap.activity.last_started.get(row.name), snap.now))
         failures = snap.activity.failures.get(row.name)
         at_least = row.name in snap.activity.failures_at_least
         add(failing(row, snap.activity.outcomes.get(row.name, []), failures, at_least))

@@ -32,9 +32,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from scheduler.alerting.facts import RunFacts
+from scheduler.alerting.facts import JobRows, RunFacts
 from scheduler.alerting.findings import (
     MAX_STREAK,
+    LatenessMemo,
     Snapshot,
     detect_jobs,
     group_late,
@@ -143,6 +144,8 @@ class Watchdog:
             store, self.notifier, clock, worker or settings.instance_name, spool=self.spool
         )
         self.facts = RunFacts(store)
+        self.rows = JobRows(store)
+        self.memo = LatenessMemo()
 
     def announce(self) -> None:
         """Say once, at start-up, where alerts go."""
@@ -165,11 +168,12 @@ class Watchdog:
 
     def decide_jobs(self, now: datetime) -> Plan:
         """Read what changed and decide the job transitions, writing nothing. Raises StoreUnavailable."""
-        rows = self.store.jobs.all()
+        rows = self.rows.refresh(now)
         failures = max((int(r.definition.get("alert_after_failures") or 1) for r in rows), default=1)
         depth = min(MAX_STREAK, max(failures, self.settings.skip_alert_after))
         activity = self.facts.refresh([r.name for r in rows], depth, now)
-        snap = Snapshot(now, rows, activity, self.store.cluster.alive(now), self.settings.skip_alert_after)
+        alive = self.store.cluster.alive(now)
+        snap = Snapshot(now, rows, activity, alive, self.settings.skip_alert_after, self.memo)
         found = detect_jobs(snap)
         found += overloaded(self.store.runfacts.overloads(now - OVERLOAD_WINDOW), OVERLOAD_WINDOW)
         current = self.store.incidents.open_incidents(JOB_KINDS)
