@@ -125,13 +125,24 @@ def test_job_checks_wait_for_the_start_up_catch_up(
     store: Store, fake_slack: FakeSlack, clock: FakeClock, config: Settings
 ) -> None:
     define(store, clock, [f"etl.job{n:02d}" for n in range(3)])
+    clock.advance(120)  # the daemon was down while their first slots passed
     starting = Health(clock)  # the dispatcher has not decided the missed slots yet
     wd = Watchdog(store, clock, config, starting, worker="inst-a")
-    clock.advance(120)
     assert "jobs: waiting for the start-up catch-up" in wd.step(clock.now())
     assert store.incidents.incidents() == [] and fake_slack.messages == []
     starting.mark_caught_up()
     assert "jobs: 3 opened" in wd.step(clock.now())
+
+
+def test_job_checks_wait_for_the_catch_up_two_minutes_at_most(
+    store: Store, clock: FakeClock, config: Settings
+) -> None:
+    define(store, clock, ["etl.only"])
+    wd = Watchdog(store, clock, config, Health(clock), worker="inst-a")  # never caught up
+    clock.advance(119)
+    assert "jobs: waiting for the start-up catch-up" in wd.step(clock.now())
+    clock.advance(1)
+    assert "jobs: 1 opened" in wd.step(clock.now())
 
 
 # -- skipping, overloaded -------------------------------------------------------------

@@ -60,6 +60,9 @@ JOB_KINDS = ("delayed", "inactive", "late", "failing", "skipping", "overrunning"
 LOOP_WAIT = 1.0
 OVERLOAD_WINDOW = timedelta(minutes=5)  # an instance stays "overloaded" this long after its last lost slot
 TEXT_UPDATED_AT = "text_updated_at"  # in an incident's details: when its text was last replaced
+# Job checks wait for the start-up catch-up at most this long (a dispatcher that keeps deferring
+# slots to its peers must not keep the watchdog quiet for ever).
+STARTUP_WAIT = timedelta(minutes=2)
 
 
 @dataclass(frozen=True)
@@ -144,6 +147,7 @@ class Watchdog:
             store, self.notifier, clock, worker or settings.instance_name, spool=self.spool
         )
         self.facts = RunFacts(store)
+        self._born = clock.monotonic()
         self.rows = JobRows(store)
         self.memo = LatenessMemo()
 
@@ -327,12 +331,15 @@ class Watchdog:
             done.append(self.check_instances(now))
         if not self.leading():
             done.append("jobs: not the leader")
-        elif not self.health.caught_up:
+        elif not self.health.caught_up and self._since_start() < STARTUP_WAIT:
             done.append("jobs: waiting for the start-up catch-up")
         else:
             done.append(f"jobs: {self.check_jobs(now)} ({self.facts.rows_read} changed rows read)")
         done.append(self.sender.drain())
         return "; ".join(d for d in done if d)
+
+    def _since_start(self) -> timedelta:
+        return timedelta(seconds=self.clock.monotonic() - self._born)
 
     def run(self, stop: threading.Event) -> None:
         """A pass every `watchdog_interval`; delivery (spool, outbox) every second."""
