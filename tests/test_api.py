@@ -23,8 +23,9 @@ from scheduler.clock import FakeClock
 from scheduler.cluster.health import Health
 from scheduler.jobs.registry import make_spec
 from scheduler.operator import cli as commands
-from scheduler.operator.http import MAX_BODY, Api, HttpServer
+from scheduler.operator.http import MAX_BODY, Api
 from scheduler.operator.metrics import Metrics
+from scheduler.operator.server import HttpServer
 from scheduler.operator.web import openapi
 from scheduler.store import Claim, InstanceRow, Outcome, Owner, Store
 

@@ -131,7 +131,9 @@ INVALID_ENV = [
         {"SCHEDULER_POOL_SIZE": "-2"}, "SCHEDULER_POOL_SIZE: must be at least 1", id="negative-pool"
     ),
     pytest.param({"SCHEDULER_POOL_SIZE": "0"}, "SCHEDULER_POOL_SIZE: must be at least 1", id="zero-pool"),
-    pytest.param({"SCHEDULER_POOL_SIZE": "many"}, "SCHEDULER_POOL_SIZE: invalid literal", id="pool-not-int"),
+    pytest.param(
+        {"SCHEDULER_POOL_SIZE": "many"}, "SCHEDULER_POOL_SIZE: not a whole number", id="pool-not-int"
+    ),
     pytest.param(
         {"SCHEDULER_HEARTBEAT": "5s", "SCHEDULER_LEASE_TTL": "14s"},
         "SCHEDULER_LEASE_TTL: must be at least 3 x heartbeat (15s)",
@@ -240,8 +242,113 @@ def test_database_password_never_shows_in_errors() -> None:
         ("postgresql://sched:pa#ss@h/db?sslmode=require", "postgresql://sched:***@h/db?sslmode=require"),
         ("postgresql+psycopg2://sched:pw@[::1]:5432/db", "postgresql+psycopg2://sched:***@[::1]:5432/db"),
         ("postgresql://h:5432/db", "postgresql://h:5432/db"),
+        # libpq reads these query parameters as credentials, keys percent-decoded.
+        ("postgresql://sched@h/db?password=S3cretPW", "postgresql://sched@h/db?password=***"),
+        (
+            "postgresql://h/db?sslmode=require&sslpassword=k&passfile=/p&pass%77ord=x",
+            "postgresql://h/db?sslmode=require&sslpassword=***&passfile=***&pass%77ord=***",
+        ),
+        # Parsers disagree where a raw '@' ends the userinfo: hide every reading's password.
+        ("postgresql://u:a@b/c@h/db", "postgresql://u:***@h/db"),
+        ("postgresql://u:pw@h/db?password=p@ss", "postgresql://u:***"),
         ("not a url", "not a url"),
     ],
 )
 def test_redact_url_hides_only_the_password(url: str, shown: str) -> None:
     assert redact_url(url) == shown
+
+
+def test_database_url_that_is_not_a_url_is_rejected_without_echoing_it() -> None:
+    message = error_of(env={"SCHEDULER_DATABASE_URL": f"host=db password={SECRET} dbname=jobs"})
+    assert message == "SCHEDULER_DATABASE_URL: not a URL (use sqlite:///path or postgresql://user@host/db)"
+
+
+# -- types, ranges and the shape of the file --------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("pool_size = 2.7", "pool_size: must be a whole number, got float 2.7"),
+        ("http_port = true", "http_port: must be a whole number, got bool True"),
+        ("http_enabled = 1", "http_enabled: must be true or false, got int 1"),
+        ("grace_period = false", "grace_period: must be a duration, got bool False"),
+        ("http_host = 8080", "http_host: must be a string, got int 8080"),
+        ("jobs_path = ['a']", "jobs_path: must be a string, got list ['a']"),
+    ],
+)
+def test_file_value_of_the_wrong_type_is_rejected_not_coerced(
+    tmp_path: Path, line: str, message: str
+) -> None:
+    file = toml(tmp_path, f"[scheduler]\n{line}\n")
+    assert error_of(env={}, config_file=file) == f"{file}: {message}"
+
+
+def test_file_with_top_level_keys_beside_a_scheduler_table_is_rejected(tmp_path: Path) -> None:
+    file = toml(tmp_path, "pool_size = 'not even valid'\n[scheduler]\npool_size = 3\n")
+    assert error_of(env={}, config_file=file) == (
+        f"{file}: top-level settings beside a [scheduler] table: pool_size"
+        " (put every setting under [scheduler], or use no table)"
+    )
+
+
+def test_file_whose_scheduler_key_is_not_a_table_is_rejected(tmp_path: Path) -> None:
+    file = toml(tmp_path, "scheduler = 3\n")
+    assert (
+        error_of(env={}, config_file=file) == f"{file}: scheduler: must be a table ([scheduler]), not a value"
+    )
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"SCHEDULER_POOL_SIZE": "9" * 5000}, "SCHEDULER_POOL_SIZE: not a whole number"),
+        ({"SCHEDULER_POOL_SIZE": "100000"}, "SCHEDULER_POOL_SIZE: must be at most 1024, got 100000"),
+        ({"SCHEDULER_CATCHUP_LIMIT": "1e9"}, "SCHEDULER_CATCHUP_LIMIT: not a whole number: '1e9'"),
+        ({"SCHEDULER_LOG_BACKUPS": "-1"}, "SCHEDULER_LOG_BACKUPS: must not be negative"),
+        ({"SCHEDULER_LOG_MAX_BYTES": "10"}, "SCHEDULER_LOG_MAX_BYTES: must be at least 1024"),
+        ({"SCHEDULER_RETENTION": "99999999999999999999d"}, "SCHEDULER_RETENTION: not a duration up to 3650d"),
+        ({"SCHEDULER_GRACE_PERIOD": "4000d"}, "SCHEDULER_GRACE_PERIOD: not a duration up to 3650d"),
+        ({"SCHEDULER_HTTP_PORT": "99999999999999999999999"}, "SCHEDULER_HTTP_PORT: not a whole number"),
+    ],
+)
+def test_overflowing_or_malformed_numbers_are_one_error_naming_the_setting(
+    env: dict[str, str], message: str
+) -> None:
+    assert error_of(env=env).startswith(message)
+
+
+@pytest.mark.parametrize("value", ["inf", "nan", "1e400"])
+def test_infinite_or_nan_durations_in_a_file_are_rejected(tmp_path: Path, value: str) -> None:
+    file = toml(tmp_path, f"[scheduler]\nretention = {value}\n")
+    assert error_of(env={}, config_file=file).startswith(f"{file}: retention: not a duration up to 3650d")
+
+
+# -- the HTTP address ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("host", ["256.1.1.1", "1.2.3", "bad host", "-x.example", "a" * 300])
+def test_http_host_that_is_not_an_address_or_host_name_is_rejected_naming_the_setting(host: str) -> None:
+    env = {"SCHEDULER_HTTP_ENABLED": "true", "SCHEDULER_HTTP_HOST": host, "SCHEDULER_API_TOKEN": "t"}
+    assert error_of(env=env).startswith("SCHEDULER_HTTP_HOST: not an IP address or host name")
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "192.168.1.10", "sched.example.org"])
+def test_non_loopback_http_host_without_a_token_is_refused(host: str) -> None:
+    env = {"SCHEDULER_HTTP_ENABLED": "true", "SCHEDULER_HTTP_HOST": host}
+    assert error_of(env=env).startswith(
+        f"SCHEDULER_HTTP_HOST: {host} is not loopback and no SCHEDULER_API_TOKEN"
+    )
+
+
+def test_non_loopback_http_host_is_served_with_a_token_or_with_public_reads_said_explicitly() -> None:
+    base = {"SCHEDULER_HTTP_ENABLED": "true", "SCHEDULER_HTTP_HOST": "0.0.0.0"}
+    assert load(env={**base, "SCHEDULER_API_TOKEN": "t"}).http_host == "0.0.0.0"
+    assert load(env={**base, "SCHEDULER_HTTP_PUBLIC_READS": "true"}).http_public_reads
+    for host in ("127.0.0.1", "::1", "localhost", "127.0.0.2"):
+        assert load(env={**base, "SCHEDULER_HTTP_HOST": host}).http_host == host
+
+
+def test_database_url_of_the_wrong_type_in_a_file_is_refused_without_echoing_it(tmp_path: Path) -> None:
+    file = toml(tmp_path, f"[scheduler]\ndatabase_url = ['postgresql://u:{SECRET}@h/db']\n")
+    assert error_of(env={}, config_file=file) == f"{file}: database_url: must be a string"

@@ -7,17 +7,21 @@ message names the setting, e.g.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import socket
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields, replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 from scheduler.errors import ConfigError
+from scheduler.redact import redact_url
+
+__all__ = ["ENV_PREFIX", "REPO_ROOT", "Settings", "load", "redact_url"]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ENV_PREFIX = "SCHEDULER_"
@@ -45,6 +49,7 @@ class Settings:
     http_enabled: bool = False
     http_host: str = "127.0.0.1"
     http_port: int = 8080
+    http_public_reads: bool = False  # needed to serve a non-loopback address without an API token
     api_token: str = ""
     slack_webhook_url: str = ""
     slack_token: str = ""
@@ -67,20 +72,6 @@ class Settings:
     @property
     def is_sqlite(self) -> bool:
         return self.database_url.startswith("sqlite")
-
-
-def redact_url(url: str) -> str:
-    """Hide the password of a database URL: postgresql://u:***@host/db.
-
-    Split by hand at the last '@', not with urlsplit: SQLAlchemy accepts a password
-    with a raw '/', '?' or '#', where urlsplit would end the host early and miss it.
-    """
-    scheme, sep, rest = url.partition("://")
-    userinfo, at, host = rest.rpartition("@")
-    if not sep or not at or ":" not in userinfo:
-        return url
-    user = userinfo.split(":", 1)[0]
-    return f"{scheme}://{user}:***@{host}"
 
 
 def load(
@@ -116,9 +107,20 @@ def _read_file(file: Path) -> dict[str, tuple[str, Any]]:
         data = tomllib.loads(file.read_text())
     except OSError as exc:
         raise ConfigError(f"{file}: cannot read config file: {exc.strerror}") from None
-    except tomllib.TOMLDecodeError as exc:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{file}: invalid TOML: {exc}") from None
-    section = data.get("scheduler", data)
+    section = data
+    if "scheduler" in data:
+        section = data["scheduler"]
+        if not isinstance(section, dict):
+            raise ConfigError(f"{file}: scheduler: must be a table ([scheduler]), not a value")
+        stray = sorted(k for k in data if k != "scheduler")
+        if stray:
+            # Keys above [scheduler] would be silently ignored: refuse the mix.
+            raise ConfigError(
+                f"{file}: top-level settings beside a [scheduler] table: {', '.join(stray)}"
+                " (put every setting under [scheduler], or use no table)"
+            )
     known = {f.name for f in fields(Settings)}
     out = {}
     for key, raw in section.items():
@@ -132,25 +134,74 @@ _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
 
 
+# Upper bounds of the numbers (_check has the lower ones): refused rather than overflowing later.
+_INT_MAX = {
+    "log_max_bytes": 2**40,
+    "log_backups": 1000,
+    "pool_size": 1024,
+    "max_log_bytes": 2**30,
+    "catchup_limit": 1_000_000,
+}
+MAX_DURATION = timedelta(days=3650)
+
+
 def _convert(name: str, source: str, raw: Any) -> Any:
     default = getattr(Settings(), name)
     try:
+        _check_type(default, raw)
         if isinstance(default, bool):
             return _to_bool(raw)
         if isinstance(default, int):
-            return int(raw)
+            return _to_int(name, raw)
         if isinstance(default, timedelta):
-            if isinstance(raw, int | float):
-                return timedelta(seconds=raw)
-            match = _DURATION.match(str(raw))
-            if not match:
-                raise ValueError(f"not a duration: {raw!r} (use e.g. 30s, 5m, 2h, 7d)")
-            return timedelta(seconds=float(match.group(1)) * _UNITS[match.group(2)])
+            return _to_duration(raw)
         if isinstance(default, Path):
             return Path(str(raw)).expanduser().absolute()
         return str(raw)
-    except ValueError as exc:
+    except (ValueError, OverflowError) as exc:
         raise ConfigError(f"{source}: {_safe(name, str(exc))}") from None
+
+
+def _check_type(default: Any, raw: Any) -> None:
+    """A file's value must have the setting's type: 2.7 is not a pool size, true not a port."""
+    if isinstance(raw, str):
+        return
+    if isinstance(default, bool):
+        ok = isinstance(raw, bool)
+    elif isinstance(default, int):
+        ok = isinstance(raw, int) and not isinstance(raw, bool)
+    elif isinstance(default, timedelta):
+        ok = isinstance(raw, int | float) and not isinstance(raw, bool)
+    else:
+        ok = False
+    if not ok:
+        want = {bool: "true or false", int: "a whole number", timedelta: "a duration"}.get(
+            type(default), "a string"
+        )
+        raise ValueError(f"must be {want}, got {type(raw).__name__} {raw!r}")
+
+
+def _to_int(name: str, raw: Any) -> int:
+    text = str(raw).strip()
+    if not re.fullmatch(r"[+-]?\d{1,19}", text):
+        raise ValueError(f"not a whole number: {text[:40]!r}")
+    value = int(text)
+    if value > _INT_MAX.get(name, 2**63 - 1):
+        raise ValueError(f"must be at most {_INT_MAX[name]}, got {value}")
+    return value
+
+
+def _to_duration(raw: Any) -> timedelta:
+    if isinstance(raw, int | float):
+        seconds = float(raw)
+    else:
+        match = _DURATION.match(str(raw))
+        if not match:
+            raise ValueError(f"not a duration: {str(raw)[:40]!r} (use e.g. 30s, 5m, 2h, 7d)")
+        seconds = float(match.group(1)) * _UNITS[match.group(2)]
+    if not -MAX_DURATION.total_seconds() <= seconds <= MAX_DURATION.total_seconds():  # also NaN, inf
+        raise ValueError(f"not a duration up to {MAX_DURATION.days}d: {raw!r}")
+    return timedelta(seconds=seconds)
 
 
 def _to_bool(raw: Any) -> bool:
@@ -165,7 +216,12 @@ def _to_bool(raw: Any) -> bool:
 
 
 def _safe(name: str, message: str) -> str:
-    return "invalid value" if name in ("api_token", "slack_token", "slack_webhook_url") else message
+    """The error text without the value of a setting that may hold a secret."""
+    if name in ("api_token", "slack_token", "slack_webhook_url"):
+        return "invalid value"
+    if name == "database_url":  # "must be a string, got list [...]": drop what follows
+        return message.split(", got ", 1)[0]
+    return message
 
 
 def _check(s: Settings) -> None:
@@ -173,6 +229,9 @@ def _check(s: Settings) -> None:
         raise ConfigError(f"{ENV_PREFIX}{name.upper()}: {message}")
 
     scheme = s.database_url.split(":", 1)[0].split("+", 1)[0]
+    if "://" not in s.database_url or not re.fullmatch(r"[A-Za-z][\w.-]{0,30}", scheme):
+        # Not a URL (perhaps a 'host=... password=...' string): echo none of it.
+        fail("database_url", "not a URL (use sqlite:///path or postgresql://user@host/db)")
     if scheme not in ("sqlite", "postgresql", "postgres"):
         fail("database_url", f"unsupported scheme {scheme!r} (use sqlite:/// or postgresql://)")
     if s.pool_size < 1:
@@ -188,6 +247,12 @@ def _check(s: Settings) -> None:
         fail("lease_ttl", f"must be at least 3 x heartbeat ({3 * s.heartbeat.total_seconds():g}s)")
     if not 0 < s.http_port < 65536:
         fail("http_port", f"must be 1-65535, got {s.http_port}")
+    if s.http_enabled:
+        _check_http(s, fail)
+    if s.log_backups < 0:
+        fail("log_backups", f"must not be negative, got {s.log_backups}")
+    if s.log_max_bytes < 1024:
+        fail("log_max_bytes", "must be at least 1024")
     if s.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         fail("log_level", f"must be DEBUG, INFO, WARNING or ERROR, got {s.log_level!r}")
     if s.max_log_bytes < 1024:
@@ -204,3 +269,34 @@ def _check(s: Settings) -> None:
             "slack_token",
             "set either SCHEDULER_SLACK_WEBHOOK_URL or SCHEDULER_SLACK_TOKEN, not both",
         )
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _check_http(s: Settings, fail: Callable[[str, str], None]) -> None:
+    host = s.http_host.strip("[]")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        # Not an address: a host name, letters digits dots and dashes, not all digits and dots.
+        if not _HOSTNAME.fullmatch(host) or re.fullmatch(r"[\d.]+", host):
+            fail("http_host", f"not an IP address or host name: {s.http_host[:60]!r}")
+    # Reads (jobs, runs, their logs) need no token: a non-loopback address must be meant.
+    if not is_loopback(host) and not s.api_token and not s.http_public_reads:
+        fail(
+            "http_host",
+            f"{s.http_host} is not loopback and no SCHEDULER_API_TOKEN is set; set a token, or"
+            " SCHEDULER_HTTP_PUBLIC_READS=true to serve reads to anyone who can reach it",
+        )
+
+
+_HOSTNAME = re.compile(
+    r"(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*"
+)

@@ -19,6 +19,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(_here))
 
 import argparse
+import json
 import logging
 import os
 import signal
@@ -38,6 +39,13 @@ STOP_MARGIN = 15.0  # seconds `stop` waits beyond the grace period
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        return _reader_went_away()
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
@@ -57,6 +65,17 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_FAIL
 
 
+def _reader_went_away() -> int:
+    """`... | head` closed our stdout: stop quietly (no traceback, none at exit's flush either)."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # stdout already closed or replaced
+        pass
+    os.close(devnull)
+    return EXIT_FAIL
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="scheduler", description="Job-scheduler daemon.")
     parser.add_argument("--config", type=Path, help="TOML settings file (or SCHEDULER_CONFIG)")
@@ -73,7 +92,10 @@ def build_parser() -> argparse.ArgumentParser:
         ("run", cmd_run, "run in the foreground (for supervisord)"),
         ("check", cmd_check, "validate settings and job modules"),
     ):
-        sub.add_parser(name, help=text).set_defaults(handler=handler)
+        command = sub.add_parser(name, help=text)
+        command.set_defaults(handler=handler)
+        if name == "status":
+            command.add_argument("--json", action="store_true", help="print JSON instead of a line")
     try:
         from scheduler.operator import cli as commands
     except ImportError:  # the operator commands are optional for the daemon itself
@@ -94,7 +116,25 @@ def _flags(args: argparse.Namespace) -> dict[str, Any]:
 # -- lifecycle ---------------------------------------------------------------
 
 
+def _preflight(settings: Settings) -> None:
+    """Refuse to start, in one line naming the setting, if a folder the daemon writes cannot be."""
+    from scheduler import writable
+
+    writable.require(settings.log_dir, "SCHEDULER_LOG_DIR")
+    writable.require(settings.state_dir, "SCHEDULER_STATE_DIR")
+    writable.require(settings.pidfile.parent, "SCHEDULER_PIDFILE")
+    if settings.is_sqlite and (path := sqlite_path(settings)) is not None:
+        writable.require(path.parent, "SCHEDULER_DATABASE_URL")
+
+
+def sqlite_path(settings: Settings) -> Path | None:
+    """The SQLite database file, or None (PostgreSQL, or an in-memory database)."""
+    path = settings.database_url.split(":///", 1)[-1] if settings.is_sqlite else ""
+    return Path(path) if path and path != ":memory:" else None
+
+
 def cmd_run(settings: Settings, _args: argparse.Namespace) -> int:
+    _preflight(settings)
     lock = pidfile.make_lock(settings.pidfile)
     lock.acquire()
     try:
@@ -124,6 +164,7 @@ def _jobs_still_running(patience: float = 0.5) -> bool:
 def cmd_start(settings: Settings, _args: argparse.Namespace) -> int:
     import daemon
 
+    _preflight(settings)
     lock = pidfile.make_lock(settings.pidfile)
     read_end, write_end = os.pipe()
     if os.fork() > 0:
@@ -205,15 +246,17 @@ def _install_signals(service: Any) -> None:
 
 
 def cmd_stop(settings: Settings, _args: argparse.Namespace) -> int:
-    pid = pidfile.running_pid(settings.pidfile)
-    if pid is None:
+    record = pidfile.running(settings.pidfile)
+    if record is None:
+        pidfile.running_pid(settings.pidfile)  # removes a stale file
         print("not running")
         return EXIT_OK
+    pid = record.pid
     os.kill(pid, signal.SIGTERM)
     patience = settings.grace_period.total_seconds() + STOP_MARGIN
     deadline = time.monotonic() + patience
     while time.monotonic() < deadline:
-        if not pidfile.process_alive(pid):
+        if not pidfile.is_ours(record):
             print(f"stopped (pid {pid})")
             return EXIT_OK
         time.sleep(0.1)  # polling another process's exit; there is no event to wait on
@@ -226,17 +269,25 @@ def cmd_restart(settings: Settings, args: argparse.Namespace) -> int:
     return code if code != EXIT_OK else cmd_start(settings, args)
 
 
-def cmd_status(settings: Settings, _args: argparse.Namespace) -> int:
-    pidfile.check_safe(settings.pidfile)
-    pid = pidfile.read_pid(settings.pidfile)
-    if pid is not None and pidfile.process_alive(pid):
-        print(f"running (pid {pid})")
-        return EXIT_OK
-    if settings.pidfile.exists():
-        print(f"not running (stale pidfile {settings.pidfile})")
-        return EXIT_FAIL
-    print("not running")
-    return EXIT_NOT_RUNNING
+def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
+    record = pidfile.running(settings.pidfile)
+    if record is not None:
+        state, code, text = "running", EXIT_OK, f"running (pid {record.pid})"
+    elif settings.pidfile.exists():
+        # LSB: 1 = "program is dead and the pidfile exists" (or names a process that is not ours).
+        state, code, text = "stale", EXIT_FAIL, f"not running (stale pidfile {settings.pidfile})"
+    else:
+        state, code, text = "stopped", EXIT_NOT_RUNNING, "not running"
+    if getattr(args, "json", False):
+        pid = record.pid if record else None
+        print(
+            json.dumps(
+                {"state": state, "running": record is not None, "pid": pid, "pidfile": str(settings.pidfile)}
+            )
+        )
+    else:
+        print(text)
+    return code
 
 
 def cmd_check(settings: Settings, _args: argparse.Namespace) -> int:
@@ -249,10 +300,18 @@ def cmd_check(settings: Settings, _args: argparse.Namespace) -> int:
         print(f"ok    {spec.name}: {spec.describe()}{state}")
     for problem in result.problems:
         print(f"error {problem}")
-    sqlite_file = Path(settings.database_url.split(":///", 1)[-1]) if settings.is_sqlite else None
+    sqlite_file = sqlite_path(settings)
     if sqlite_file is not None and not sqlite_file.exists():
+        from scheduler import writable
+
         summary = f"{len(result.specs)} jobs, {len(result.problems)} problems"
-        print(f"{summary}; database {settings.database_url} (not created yet: the daemon creates it)")
+        why = writable.problem(sqlite_file.parent)
+        if why is not None:  # the daemon could not create it either
+            print(f"error database {sqlite_file}: {why}")
+            print(f"{summary}; database {sqlite_file} cannot be created")
+            return EXIT_FAIL
+        shown = config_module.redact_url(settings.database_url)
+        print(f"{summary}; database {shown} (not created yet: the daemon creates it)")
         return EXIT_FAIL if result.problems else EXIT_OK
     store = Store(settings.database_url)
     try:

@@ -193,9 +193,10 @@ class Sandbox:
 
     def pidfile_pid(self) -> int | None:
         try:
-            text = self.pidfile.read_text().strip()
+            lines = self.pidfile.read_text().splitlines()
         except FileNotFoundError:
             return None
+        text = lines[0].strip() if lines else ""  # line 2 holds the daemon's start time
         return int(text) if text.isdigit() else None
 
     def close(self) -> None:

@@ -153,6 +153,12 @@ def _is_control_py(pid: int) -> bool:
         return False
 
 
+def _pid_line(path: Path) -> str:
+    """The pid in a pidfile (its first line; the second holds the daemon's start time)."""
+    lines = _read(path).splitlines()
+    return lines[0] if lines else ""
+
+
 def _read(path: Path) -> str:
     try:
         return path.read_text().strip()
@@ -227,7 +233,7 @@ def test_supervisorctl_start_stop_restart_drive_the_daemon(
     assert started.returncode == 0 and "scheduler: started" in started.stdout, started.stdout + started.stderr
     first = sv.info("scheduler")
     assert first["statename"] == "RUNNING"
-    wait_until(lambda: _read(pidfile) == str(first["pid"]), 20)  # RUNNING (startsecs) may come first
+    wait_until(lambda: _pid_line(pidfile) == str(first["pid"]), 20)  # RUNNING (startsecs) may come first
     env = _environ(first["pid"])
     assert env["SCHEDULER_JOBS_PATH"] == str(jobs) and env["SCHEDULER_API_TOKEN"] == token
     wait_until(lambda: len(runs(f"job = 'tick' AND status = 'succeeded' AND pid = {first['pid']}")) >= 2, 20)
@@ -292,7 +298,7 @@ def test_numprocs_two_on_postgresql_run_each_slot_once(
     pids = {num: sv.info(name)["pid"] for num, name in enumerate(names)}
     for num, pid in pids.items():
         pidfile = tmp_path / "var" / f"scheduler_{num:02d}.pid"
-        wait_until(lambda pidfile=pidfile, pid=pid: _read(pidfile) == str(pid), 20)
+        wait_until(lambda pidfile=pidfile, pid=pid: _pid_line(pidfile) == str(pid), 20)
         info_log = tmp_path / "logs" / f"scheduler_{num:02d}" / "info.log"
         wait_until(lambda log=info_log: "started instance" in _read(log), 20)
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from scheduler.clock import Clock
 
 log = logging.getLogger(__name__)
+PREFIX = "database unavailable: "
 
 
 @dataclass(frozen=True)
@@ -55,7 +56,8 @@ class Health:
                 self.recovered_at = self.clock.monotonic()
                 log.warning("database is back after %.1fs", down)
             else:
-                self._down_since, self._reason = self.clock.monotonic(), reason
+                # StoreUnavailable's text already says so: keep the reason without the prefix.
+                self._down_since, self._reason = self.clock.monotonic(), reason.removeprefix(PREFIX)
                 log.error("database unavailable, backing off: %s", reason)
         if ok:
             for callback in self._on_recovered:
@@ -95,7 +97,7 @@ class Health:
             db_up, reason = self._db_up, self._reason
         loop_age = now - self.loop_mono
         if not db_up:
-            return HealthReport(False, False, down_for, loop_age, f"database unavailable: {reason}")
+            return HealthReport(False, False, down_for, loop_age, f"{PREFIX}{reason}")
         if loop_age > self.loop_stall:
             return HealthReport(False, True, 0.0, loop_age, f"dispatcher loop stalled for {loop_age:.0f}s")
         return HealthReport(True, True, 0.0, loop_age, "ok")

@@ -27,8 +27,8 @@ from scheduler.engine.recorder import Recorder
 from scheduler.engine.runner import Runner
 from scheduler.errors import SchedulerError
 from scheduler.jobs.registry import JobSpec, LoadProblem, load_jobs
-from scheduler.operator.http import HttpServer
 from scheduler.operator.metrics import Metrics
+from scheduler.operator.server import HttpServer
 from scheduler.store import Owner, Store
 
 log = logging.getLogger(__name__)

@@ -25,8 +25,9 @@ from scheduler.engine.dispatcher import Dispatcher
 from scheduler.engine.recorder import Recorder
 from scheduler.engine.runner import ActiveRun, Runner
 from scheduler.errors import SchedulerError
-from scheduler.operator.http import Api, HttpServer
+from scheduler.operator.http import Api
 from scheduler.operator.metrics import Metrics
+from scheduler.operator.server import HttpServer
 from scheduler.store import Claimed, Owner, Store
 
 log = logging.getLogger(__name__)

@@ -294,10 +294,11 @@ class Dispatcher:
         for claimed in won:
             if claimed.status != "running":
                 log.info(
-                    "job %s slot %s %s: previous run still going",
+                    "job %s slot %s %s: %s",
                     claimed.job,
                     claimed.scheduled_for.isoformat(),
                     claimed.status,
+                    not_run_reason(claimed),
                     extra={"job": claimed.job, "run_id": claimed.run_id, "action": claimed.status},
                 )
                 continue
@@ -363,3 +364,14 @@ class Dispatcher:
         self._last_poll = now
         self.apply_rows(rows, now)
         self.take_queued(now)
+
+
+def not_run_reason(claimed: Claimed) -> str:
+    """Why a won slot is not started now, for its log line: only an overlap is 'still going'."""
+    if claimed.trigger == "catchup":
+        if claimed.status == "queued":
+            return "queued to catch up after downtime"
+        return "passed while the scheduler was not running (outside the catch-up policy)"
+    if claimed.status in ("skipped", "queued"):
+        return "previous run still going"
+    return "not run"

@@ -13,6 +13,7 @@ import inspect
 import logging
 import sys
 import traceback
+import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -139,7 +140,27 @@ def make_spec(func: Callable[..., Any], *, name: str, **options: Any) -> JobSpec
         raise JobDefinitionError(f"job {name!r}: {exc}") from None
 
 
+MAX_NAME = 200  # the width of the name columns
+
+
+def check_job_name(name: object) -> None:
+    """Raises JobDefinitionError for a name the API's /api/jobs/{name} paths could not carry.
+
+    A '/' would split the path (the dashboard's buttons would answer 404); control
+    characters and a backslash have no place in a name shown in logs and terminals.
+    """
+    if not isinstance(name, str) or not name.strip():
+        raise JobDefinitionError("name must be a non-empty string")
+    if len(name) > MAX_NAME:
+        raise JobDefinitionError(f"name must be at most {MAX_NAME} characters, got {len(name)}")
+    bad = sorted({c for c in name if c in "/\\" or unicodedata.category(c)[0] == "C"})
+    if bad:
+        shown = ", ".join(repr(c) for c in bad)
+        raise JobDefinitionError(f"name must not contain '/', '\\' or control characters; found {shown}")
+
+
 def _validated(spec: JobSpec) -> JobSpec:
+    check_job_name(spec.name)
     if (spec.interval is None) == (spec.cron is None):
         raise JobDefinitionError("give exactly one of interval= or cron=")
     if spec.interval is not None:

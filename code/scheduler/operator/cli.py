@@ -46,7 +46,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("job", nargs="?")
     p.add_argument("--status", choices=views.RUN_STATUSES)
     p.add_argument("--limit", type=_positive, default=20)
-    add("logs", cmd_logs, "the captured log and error of a run").add_argument("run_id", type=int)
+    add("logs", cmd_logs, "the captured log and error of a run").add_argument("run_id", type=_run_id)
     add("trigger", cmd_trigger, "queue one manual run of a job").add_argument("job")
     add("pause", cmd_pause, "stop scheduling a job (its slots pass unrun)").add_argument("job")
     add("resume", cmd_resume, "schedule a paused job again, from now on").add_argument("job")
@@ -77,6 +77,13 @@ def _positive(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
+
+
+def _run_id(text: str) -> int:
+    """A run id as the database stores it (a 64-bit integer): larger ones overflow the driver."""
+    if not text.strip().isdigit() or len(text.strip()) > 18:
+        raise argparse.ArgumentTypeError(f"not a run id (a whole number up to 18 digits): {text[:40]!r}")
+    return int(text)
 
 
 def _guarded(handler: Handler) -> Handler:

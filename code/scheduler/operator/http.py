@@ -13,7 +13,6 @@ import hmac
 import json
 import logging
 import re
-import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -24,7 +23,7 @@ from urllib.parse import parse_qs
 
 from scheduler.clock import Clock
 from scheduler.cluster.health import Health
-from scheduler.errors import ConfigError, JobDefinitionError, NotFoundError, StoreUnavailable
+from scheduler.errors import JobDefinitionError, NotFoundError, StoreUnavailable
 from scheduler.operator import queries as views
 from scheduler.operator.metrics import Metrics
 from scheduler.operator.web import dashboard, openapi
@@ -34,6 +33,7 @@ log = logging.getLogger(__name__)
 
 WEB = Path(__file__).resolve().parent / "web"
 MAX_BODY = 64 * 1024
+MAX_DEPTH = 16  # nesting of a JSON body
 STATIC = {"dashboard.css": "text/css; charset=utf-8", "dashboard.js": "text/javascript; charset=utf-8"}
 SECURITY_HEADERS = [
     ("X-Content-Type-Options", "nosniff"),
@@ -68,21 +68,31 @@ class Request:
         return values[-1] if values else None
 
     def int_arg(self, name: str, default: int) -> int:
+        """A whole-number query parameter (the queries check its range). Raises HttpError(400)."""
         raw = self.arg(name)
         if raw is None or raw == "":
             return default
-        try:
-            return int(raw)
-        except ValueError:
-            raise HttpError(400, f"query parameter {name!r} must be a whole number, got {raw!r}") from None
+        if not re.fullmatch(r"[+-]?\d{1,9}", raw.strip()):
+            raise HttpError(400, f"query parameter {name!r} must be a whole number, got {raw[:40]!r}")
+        return int(raw)
 
     def json_object(self) -> dict[str, Any]:
-        """The body as a JSON object; an empty body is {}. Raises HttpError(400)."""
+        """The body as a JSON object; an empty body is {}. Raises HttpError(400).
+
+        The nesting depth is counted before parsing: a deep body would otherwise end in a
+        RecursionError (a 500) inside the parser.
+        """
         if not self.body.strip():
             return {}
         try:
-            data = json.loads(self.body.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError):
+            text = self.body.decode("utf-8")
+        except UnicodeDecodeError:
+            raise HttpError(400, "request body is not valid UTF-8 JSON") from None
+        if json_depth(text) > MAX_DEPTH:
+            raise HttpError(400, f"request body nests deeper than {MAX_DEPTH} levels")
+        try:
+            data = json.loads(text)
+        except (ValueError, RecursionError):
             raise HttpError(400, "request body is not valid UTF-8 JSON") from None
         if not isinstance(data, dict):
             raise HttpError(400, f"request body must be a JSON object, got {type(data).__name__}")
@@ -357,6 +367,28 @@ class Api:
         return Response(200, (WEB / name).read_bytes(), STATIC[name], [("Cache-Control", "no-cache")])
 
 
+def json_depth(text: str) -> int:
+    """The deepest nesting of [ and { in JSON text, ignoring those inside strings."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for char in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in "]}":
+            depth -= 1
+    return deepest
+
+
 def _html(text: str, status: int = 200) -> Response:
     policy = [("Content-Security-Policy", PAGE_POLICY)]
     return Response(status, text.encode(), "text/html; charset=utf-8", policy)
@@ -372,52 +404,3 @@ def _run_id(request: Request) -> int:
 def _no_fields(body: dict[str, Any]) -> None:
     if body:
         raise HttpError(400, f"this action takes no fields; got {', '.join(sorted(body))}")
-
-
-# -- the server ---------------------------------------------------------------------
-
-
-class HttpServer:
-    """waitress in a thread of the daemon; `port=0` picks a free port (tests)."""
-
-    def __init__(self, app: Callable[..., Any], host: str, port: int, threads: int = 4) -> None:
-        import waitress
-
-        try:
-            self._server = waitress.create_server(
-                app,
-                host=host,
-                port=port,
-                threads=threads,
-                ident="scheduler",
-                clear_untrusted_proxy_headers=True,
-            )
-        except OSError as exc:
-            raise ConfigError(
-                f"SCHEDULER_HTTP_PORT: cannot listen on {host}:{port}: {exc.strerror}"
-            ) from None
-        self.host, self.port = self._server.effective_host, int(self._server.effective_port)
-        self._thread = threading.Thread(target=self._server.run, name="http", daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
-
-    def start(self) -> None:
-        self._thread.start()
-        log.info("serving the API, dashboard and metrics on %s", self.url, extra={"action": "http"})
-        if self.host not in ("127.0.0.1", "::1", "localhost"):
-            log.warning("HTTP reads (jobs, runs, logs) need no token and %s is not loopback", self.host)
-
-    def stop(self, timeout: float = 5.0) -> None:
-        """Stop accepting, let requests in progress finish (up to `timeout`), end the thread."""
-        from waitress import wasyncore
-
-        server = self._server
-        if self._thread.is_alive():
-            # Close the sockets from the loop's own thread, so it never polls a closed descriptor.
-            server.trigger.pull_trigger(lambda: wasyncore.close_all(server._map))
-            self._thread.join(timeout)
-        else:
-            wasyncore.close_all(server._map)
-        server.task_dispatcher.shutdown(timeout=timeout)

@@ -8,10 +8,11 @@ on `busy_timeout` instead of failing half-way with 'database is locked'.
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import event, exc
 
+from scheduler import writable
 from scheduler.config import redact_url
 from scheduler.errors import StoreError, StoreUnavailable
 
@@ -38,10 +40,15 @@ class Database:
         self.url = _normalise(url)
         self.safe_url = redact_url(self.url)
         self.is_sqlite = self.url.startswith("sqlite")
+        self._identity: tuple[int, int] | None = None  # (st_dev, st_ino) of the file first opened
         try:
+            file = sa.engine.make_url(self.url).database if self.is_sqlite else None
+            self.file = Path(file) if file and file != ":memory:" else None
             self.engine = self._create_engine(busy_timeout_ms)
         except (exc.ArgumentError, ImportError) as error:
             raise StoreError(f"database URL {self.safe_url}: {error}") from None
+        except ValueError:  # SQLAlchemy: a port that is not a number; its text may hold URL parts
+            raise StoreError(f"database URL {self.safe_url}: the port is not a number") from None
 
     def _create_engine(self, busy_timeout_ms: int) -> sa.Engine:
         if not self.is_sqlite:
@@ -64,9 +71,8 @@ class Database:
                     " -c idle_in_transaction_session_timeout=5000",
                 },
             )
-        path = self.url.removeprefix("sqlite:///")
-        if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        if self.file is not None:
+            _writable_folder(self.file.parent)
         engine = sa.create_engine(self.url, connect_args={"timeout": busy_timeout_ms / 1000})
 
         @event.listens_for(engine, "connect")
@@ -79,6 +85,10 @@ class Database:
             cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.close()
+            if self.file is not None and self._identity is None:
+                with suppress(OSError):  # a URI filename SQLite resolves its own way: no check
+                    info = os.stat(self.file)
+                    self._identity = (info.st_dev, info.st_ino)
 
         @event.listens_for(engine, "begin")
         def _on_begin(conn: sa.Connection) -> None:
@@ -90,15 +100,37 @@ class Database:
     @contextmanager
     def write(self) -> Iterator[sa.Connection]:
         """One write transaction. Raises StoreUnavailable on a transient failure."""
+        self.check_file()
         with translate_errors(self.safe_url), self.engine.connect() as conn, conn.begin():
             yield conn
 
     @contextmanager
     def read(self) -> Iterator[sa.Connection]:
+        self.check_file()
         with translate_errors(self.safe_url), self.engine.connect() as raw:
             conn = raw.execution_options(scheduler_write=False)
             with conn.begin():
                 yield conn
+
+    def check_file(self) -> None:
+        """Raises StoreUnavailable if the SQLite file was deleted or replaced since first opened.
+
+        Open connections would go on writing to the unlinked inode, and every record
+        written there is lost at the next start. Refusing instead makes the daemon
+        unhealthy (so the watchdog's database alert fires) and stops it claiming slots
+        into a file nobody will read.
+        """
+        if self.file is None or self._identity is None:
+            return
+        try:
+            info = os.stat(self.file)
+        except OSError:
+            info = None
+        if info is None or (info.st_dev, info.st_ino) != self._identity:
+            raise StoreUnavailable(
+                f"database unavailable: SQLite file {self.file} was deleted or replaced while in use;"
+                " restart the daemon to create it again"
+            )
 
     def ping(self) -> None:
         with self.read() as conn:
@@ -140,6 +172,20 @@ class Database:
                 cfg.set_main_option("script_location", str(MIGRATIONS))
                 cfg.attributes["connection"] = conn
                 command.upgrade(cfg, "head")
+
+
+def _writable_folder(folder: Path) -> None:
+    """Create the database's folder; SQLite writes its -wal and -shm files beside the database.
+
+    Raises StoreError naming the folder if it cannot be created or written.
+    """
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StoreError(f"database folder {folder}: cannot create it: {exc.strerror or exc}") from None
+    why = writable.problem(folder)
+    if why is not None:
+        raise StoreError(f"database folder {folder}: {why}")
 
 
 def upsert_insert(dialect: str, table: sa.Table) -> Any:
