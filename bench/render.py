@@ -284,7 +284,23 @@ def tables(results: dict[str, Any], plan: dict[str, Any]) -> list[tuple[str, lis
                 rows,
             )
         )
+    if "isolation" in results:
+        out.append(_isolation_table(results["isolation"], plan))
     return out
+
+
+def _isolation_table(r: dict[str, Any], plan: dict[str, Any]) -> tuple[str, list[str], list[list[str]]]:
+    failed = _failed(r)
+    rows = []
+    for key, label in (
+        ("thread", "ours, thread run"),
+        ("process", "ours, process run (forkserver child, own process group)"),
+        ("apscheduler", "APScheduler, ProcessPoolExecutor (reused workers)"),
+    ):
+        s = _get(r, key) or {}
+        rows.append([label, failed or _num(s.get("p50_ms"), ".2f"), _num(s.get("p99_ms"), ".2f")])
+    title = f"7. Per-run overhead of process isolation ({plan['isolation']['runs']} no-op runs in a row)"
+    return (title, ["Executor", "p50 (ms)", "p99 (ms)"], rows)
 
 
 def _trials(trials: list[dict[str, Any]]) -> str:

@@ -24,7 +24,7 @@ from bench import render
 from bench.common import REPO, machine, pg_problem, run_child, versions
 
 DEFAULT_OUTPUT = REPO / "docs" / "BENCHMARKS.md"
-SECTIONS = ("lateness", "drift", "idle", "throughput", "once", "failover", "startup")
+SECTIONS = ("lateness", "drift", "idle", "throughput", "once", "failover", "startup", "isolation")
 
 FULL: dict[str, Any] = {
     "lateness": {
@@ -52,6 +52,7 @@ FULL: dict[str, Any] = {
     "once": {"jobs": 1000, "interval": 1.0, "warmup": 5.0, "duration": 120.0, "peer_duration": 60.0},
     "failover": {"trials": 3, "interval": 0.25, "heartbeat": 2.0, "lease_ttl": 10.0},
     "startup": {"jobs": 1000, "cron_seconds": 1.0},
+    "isolation": {"runs": 300, "warmup": 10},
 }
 
 QUICK: dict[str, Any] = {
@@ -73,6 +74,7 @@ QUICK: dict[str, Any] = {
     "once": {"jobs": 50, "interval": 1.0, "warmup": 0.5, "duration": 2.0, "peer_duration": 2.0},
     "failover": {"trials": 1, "interval": 0.25, "heartbeat": 0.5, "lease_ttl": 1.5},
     "startup": {"jobs": 100, "cron_seconds": 0.05},
+    "isolation": {"runs": 10, "warmup": 2},
 }
 
 
@@ -279,6 +281,10 @@ def run_startup(plan: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def run_isolation(plan: dict[str, Any]) -> dict[str, Any]:
+    return _child("isolation", plan, plan["runs"] * 3 + 120)
+
+
 RUNNERS = {
     "lateness": run_lateness,
     "drift": run_drift,
@@ -287,6 +293,7 @@ RUNNERS = {
     "once": run_once,
     "failover": run_failover,
     "startup": run_startup,
+    "isolation": run_isolation,
 }
 
 

@@ -101,6 +101,13 @@ def test_startup_and_cron_benchmarks_report_figures(results: dict[str, Any]) -> 
     )
 
 
+def test_isolation_benchmark_times_thread_process_and_apscheduler_runs(results: dict[str, Any]) -> None:
+    _no_error(results["isolation"])
+    for key in ("thread", "process", "apscheduler"):
+        assert results["isolation"][key]["count"] == QUICK["isolation"]["runs"]
+        assert results["isolation"][key]["p50_ms"] > 0
+
+
 def test_report_has_every_section_and_a_verdict_per_target(results: dict[str, Any], tmp_path: Path) -> None:
     meta = {
         "command": ".venv/bin/python -m bench.run --quick",
@@ -116,6 +123,7 @@ def test_report_has_every_section_and_a_verdict_per_target(results: dict[str, An
     for title in ("1. Dispatch lateness", "1b. Drift", "2. Idle", "3. Recorded-run", "4. Exactly-once"):
         assert f"## {title}" in text
     assert "## 5. Failover" in text and "## 6. Start-up" in text and "## Targets" in text
+    assert "## 7. Per-run overhead of process isolation" in text
     assert "failed:" not in text
     verdicts = [line for line in text.splitlines() if line.endswith(("| met |", "| **NOT met** |"))]
     assert len(verdicts) >= 8  # all but the 1,000-job lateness targets are measured in the quick profile
@@ -153,5 +161,5 @@ def test_run_command_rejects_an_unknown_section() -> None:
     assert proc.returncode == 2
     assert proc.stderr.strip() == (
         "bench: --only: unknown section 'nonsense' "
-        "(choose from lateness, drift, idle, throughput, once, failover, startup)"
+        "(choose from lateness, drift, idle, throughput, once, failover, startup, isolation)"
     )

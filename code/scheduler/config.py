@@ -61,6 +61,10 @@ class Settings:
     alert_group_after: int = 5  # this many jobs late in one pass give one grouped incident
     skip_alert_after: int = 3  # skipped slots in a row that make a "skipping" incident
     alert_update_every: timedelta = timedelta(minutes=5)  # most often an incident's text is updated
+    default_isolation: str = "thread"
+    crash_loop_after: int = 5
+    crash_loop_pause_after: int = 10
+    crash_loop_max_backoff: timedelta = timedelta(hours=1)
 
     def __repr__(self) -> str:
         shown = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -264,6 +268,13 @@ def _check(s: Settings) -> None:
             fail(name, f"must be 1-100000, got {getattr(s, name)}")
     if s.alert_update_every < timedelta(0):
         fail("alert_update_every", "must not be negative")
+    for name in ("crash_loop_after", "crash_loop_pause_after"):
+        if getattr(s, name) < 0:
+            fail(name, f"must be 0 (off) or more, got {getattr(s, name)}")
+    if s.crash_loop_max_backoff <= timedelta(0):
+        fail("crash_loop_max_backoff", "must be positive")
+    if s.default_isolation not in ("thread", "process"):
+        fail("default_isolation", f"must be 'thread' or 'process', got {s.default_isolation!r}")
     if s.slack_webhook_url and s.slack_token:
         fail(
             "slack_token",

@@ -297,6 +297,8 @@ def cmd_check(settings: Settings, _args: argparse.Namespace) -> int:
     result = load_jobs(settings.jobs_path)
     for spec in result.specs.values():
         state = "" if spec.enabled else " (disabled)"
+        if spec.isolated(settings.default_isolation):
+            state += " (process isolation)"
         print(f"ok    {spec.name}: {spec.describe()}{state}")
     for problem in result.problems:
         print(f"error {problem}")

@@ -16,15 +16,19 @@ Defaults chosen:
   in one pass give one grouped finding instead of one each.
 - overloaded: slots recorded `missed` with an error starting 'overloaded:' (the
   dispatcher fell behind) in the last few minutes, per instance.
+- paused: a job the crash-loop guard paused, until someone resumes it.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from scheduler.alerting.record import Finding, format_utc
+from scheduler.engine.guard import AUTO_PAUSE_ACTOR
 from scheduler.jobs.schedules import Schedule, format_interval
 from scheduler.store import InstanceRow, JobRow
 from scheduler.store.history import RunRow
@@ -38,6 +42,7 @@ LOAD_SETTLE = timedelta(seconds=30)
 MAX_STREAK = 100
 LATE_KINDS = ("delayed", "inactive")
 GROUP_LIST = 20  # job names listed in a grouped message; the rest are counted
+_STDLIB = re.compile(r'File "[^"]*/lib/python3\.\d+/(?!site-packages/)')
 
 
 @dataclass
@@ -187,8 +192,41 @@ def overrunning(row: JobRow, run: RunRow, now: datetime) -> Finding | None:
     if running_for <= limit:
         return None
     summary = f"run {run.id} has been running for {span(running_for)}, longer than {reason}"
-    details = {"run_id": run.id, "limit_seconds": limit.total_seconds()}
-    return Finding(row.name, "overrunning", summary, run.started_at, host=run.host, details=details)
+    details: dict[str, Any] = {"run_id": run.id, "limit_seconds": limit.total_seconds()}
+    stuck = None
+    if run.error_traceback:  # a thread run stuck well past its timeout: the runner noted its stack
+        details["stack"] = run.error_traceback
+        stuck = "stuck at " + innermost_frame(run.error_traceback)
+        summary += f"; its thread is {stuck}"
+    return Finding(
+        row.name, "overrunning", summary, run.started_at, host=run.host, last_error=stuck, details=details
+    )
+
+
+def innermost_frame(stack: str) -> str:
+    """`File "x.py", line 3, in f: code`: the innermost frame of a formatted stack outside the
+    standard library (a job waiting in `threading` is stuck where it called it)."""
+    lines = [line.strip() for line in stack.strip().splitlines() if line.strip()]
+    frames = [i for i, line in enumerate(lines) if line.startswith("File ")]
+    if not frames:
+        return lines[-1] if lines else "?"
+    own = [i for i in frames if not _STDLIB.search(lines[i])]
+    last = (own or frames)[-1]
+    code = lines[last + 1] if last + 1 < len(lines) else ""
+    return f"{lines[last]}: {code}" if code else lines[last]
+
+
+def auto_paused(row: JobRow, outcomes: list[RunRow]) -> Finding | None:
+    """A job paused by the crash-loop guard (not by a person): it stays off until resumed."""
+    if not row.paused or row.changed_by != AUTO_PAUSE_ACTOR:
+        return None
+    since = row.changed_at or row.updated_at
+    latest = outcomes[0] if outcomes else None
+    error = ": ".join(p for p in (latest.error_type, latest.error_message) if p) if latest else None
+    summary = f"paused by the crash-loop guard at {format_utc(since)} after failing run after run"
+    return Finding(
+        row.name, "paused", summary, since, last_error=error, action=f"scheduler resume {row.name}"
+    )
 
 
 def skipping(row: JobRow, streak: int, threshold: int, newest: datetime | None) -> Finding | None:
@@ -313,6 +351,7 @@ def detect_jobs(snap: Snapshot) -> list[Finding]:
         add(failing(row, snap.activity.outcomes.get(row.name, []), failures, at_least))
         streak = snap.activity.skipped.get(row.name, 0)
         add(skipping(row, streak, snap.skip_alert_after, snap.activity.newest.get(row.name)))
+        add(auto_paused(row, snap.activity.outcomes.get(row.name, [])))
     for run in snap.activity.running:
         if run.job in rows:
             add(overrunning(rows[run.job], run, snap.now))

@@ -22,6 +22,7 @@ KINDS = (
     "skipping",
     "overrunning",
     "broken",
+    "paused",
     "instance",
     "overloaded",
     "database",

@@ -38,6 +38,7 @@ _TITLES = {
     "skipping": "Job skipping its slots",
     "overrunning": "Overrunning job",
     "broken": "Broken job",
+    "paused": "Job paused by the crash-loop guard",
     "instance": "Scheduler instance",
     "overloaded": "Instance overloaded",
     "database": "Database problem",

@@ -56,7 +56,17 @@ from scheduler.store.incidents import IncidentRow, Opening
 
 log = logging.getLogger(__name__)
 
-JOB_KINDS = ("delayed", "inactive", "late", "failing", "skipping", "overrunning", "broken", "overloaded")
+JOB_KINDS = (
+    "delayed",
+    "inactive",
+    "late",
+    "failing",
+    "skipping",
+    "overrunning",
+    "broken",
+    "overloaded",
+    "paused",
+)
 LOOP_WAIT = 1.0
 OVERLOAD_WINDOW = timedelta(minutes=5)  # an instance stays "overloaded" this long after its last lost slot
 TEXT_UPDATED_AT = "text_updated_at"  # in an incident's details: when its text was last replaced

@@ -25,6 +25,7 @@ from scheduler.cluster.health import Health
 from scheduler.config import Settings
 from scheduler.daemon.pidfile import process_alive
 from scheduler.errors import AlreadyRunningError, SchedulerError
+from scheduler.jobs.registry import retries_in, retry_allowed
 from scheduler.store import InstanceRow, Owner, Store
 from scheduler.store.cluster import LEADER, LeaderFence
 
@@ -210,7 +211,7 @@ class Coordinator:
         if not reaped:
             return f"{len(dead)} dead instances" if dead else ""
         definitions = {row.name: row.definition for row in self.store.jobs.all()}
-        retry = [r.id for r in reaped if r.attempt <= int(definitions.get(r.job, {}).get("retries", 0))]
+        retry = [r.id for r in reaped if retry_allowed(r.attempt, retries_in(definitions.get(r.job, {})))]
         self.store.runs.requeue(retry)
         for run in reaped:
             log.warning(

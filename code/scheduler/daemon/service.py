@@ -22,7 +22,10 @@ from scheduler.clock import Clock
 from scheduler.cluster.coordination import Coordinator, pid_alive
 from scheduler.cluster.health import Health
 from scheduler.config import Settings
+from scheduler.daemon import children
+from scheduler.engine import proctitle
 from scheduler.engine.dispatcher import Dispatcher
+from scheduler.engine.isolation import KILL_GRACE
 from scheduler.engine.recorder import Recorder
 from scheduler.engine.runner import Runner
 from scheduler.errors import SchedulerError
@@ -97,12 +100,15 @@ class Service:
         self.recorder.replay_spool()
         self.recorder.flush_once()
         for run in self.store.runs.reap_local(self.owner.host, pid_alive, now):
+            # A thread run that calls os._exit or crashes in C code takes the daemon with it: say which
+            # run was in flight, the likely culprit (isolation="process" contains it).
             log.warning(
-                "run %s of %s (slot %s) was left running by dead process %s: marked abandoned",
+                "the previous daemon (pid %s) died while run %s of %s (slot %s) was in flight: "
+                "marked abandoned",
+                run.pid,
                 run.id,
                 run.job,
                 run.scheduled_for.isoformat(),
-                run.pid,
                 extra={"job": run.job, "run_id": run.id, "action": "abandoned"},
             )
         self._load_jobs(now)
@@ -143,6 +149,8 @@ class Service:
                 result.specs[name] = spec
                 log.warning("job %s keeps its previous definition until its module loads again", name)
         self.specs, self.problems = result.specs, result.problems
+        if any(self.runner.isolation.applies(spec) for spec in self.specs.values()):
+            self.runner.isolation.prewarm()  # the forkserver imports the job modules once, now
         for problem in self.problems:
             log.error("job load failed: %s", problem, extra={"action": "load-error"})
         rows = self.store.jobs.sync(self.specs.values(), now)
@@ -170,9 +178,17 @@ class Service:
         except SchedulerError as exc:
             log.error("reload failed, keeping the previous jobs: %s", exc)
 
+    def title_state(self) -> str:
+        """What `ps` shows after the command line, e.g. `scheduler leader, 3/8 busy`."""
+        role = "leader" if self.coordinator.is_leader else "follower"
+        if self.stop_event.is_set():
+            role = "stopping"
+        return f"scheduler {role}, {len(self.runner.active())}/{self.settings.pool_size} busy"
+
     def serve_forever(self) -> None:
         """Block until stopped (signal handlers set the events), then shut down."""
         while not self.stop_event.is_set():
+            proctitle.set_state(self.title_state())
             if self.reload_event.wait(0.5):
                 self.reload_event.clear()
                 if not self.stop_event.is_set():
@@ -187,6 +203,7 @@ class Service:
 
     def shutdown(self) -> None:
         self.request_stop()
+        proctitle.set_state(self.title_state())
         # Hand the leader lease over now, not after the grace period; runs keep their leases.
         self.coordinator.step_down()
         for thread in self._threads:
@@ -197,6 +214,8 @@ class Service:
             log.info("waiting up to %.0fs for %d running jobs", grace, len(running))
             self.runner.cancel_all()
             self.runner.wait_idle(grace)
+        if self.runner.isolation.kill_all():  # process runs past the grace: their threads record them
+            self.runner.wait_idle(KILL_GRACE)
         unfinished = [a.claimed.run_id for a in self.runner.active()]
         deadline = self.clock.monotonic() + 5.0
         self.recorder.close(deadline)
@@ -220,5 +239,6 @@ class Service:
             hook()
         self.coordinator.release(now)
         self.runner.shutdown()
+        children.terminate_descendants()
         self.store.dispose()
         log.info("stopped instance %s", self.owner.instance)

@@ -22,6 +22,8 @@ from scheduler.cluster.health import Health
 from scheduler.config import Settings
 from scheduler.daemon.service import Parts, Service
 from scheduler.engine.dispatcher import Dispatcher
+from scheduler.engine.guard import CrashLoopGuard, pauser
+from scheduler.engine.isolation import ProcessIsolation
 from scheduler.engine.recorder import Recorder
 from scheduler.engine.runner import ActiveRun, Runner
 from scheduler.errors import SchedulerError
@@ -45,14 +47,13 @@ def build_service(settings: Settings, clock: Clock | None = None) -> Service:
     store = Store(settings.database_url)
     owner = Owner(uuid.uuid4().hex[:12], settings.instance_name, os.getpid())
     health = Health(clock)
-    recorder = Recorder(clock, store.runs.finish, spool_path(settings), health.database)
+    recorder = Recorder(
+        clock, store.runs.finish, spool_path(settings), health.database, store.runs.set_attempt
+    )
     health.when_recovered(recorder.nudge)
 
     def set_attempt(claimed: Claimed, attempt: int) -> None:
-        try:
-            store.runs.set_attempt(claimed.run_id, claimed.fence, attempt)
-        except SchedulerError as exc:
-            log.warning("could not record attempt %d of run %s: %s", attempt, claimed.run_id, exc)
+        recorder.record_attempt(claimed.run_id, claimed.fence, attempt)
 
     def on_run_done(run: ActiveRun) -> None:
         metrics.observe_run(run)
@@ -63,8 +64,31 @@ def build_service(settings: Settings, clock: Clock | None = None) -> Service:
         """Runs whose leases this process renews: running here, or ended with the outcome unwritten."""
         return {a.claimed.run_id for a in runner.active()} | recorder.pending_runs()
 
+    def note_stack(claimed: Claimed, stack: str) -> None:
+        try:
+            store.runs.note_stack(claimed.run_id, claimed.fence, stack)
+        except SchedulerError as exc:
+            log.warning("could not note the stack of stuck run %s: %s", claimed.run_id, exc)
+
+    isolation = ProcessIsolation(settings.jobs_path, settings.default_isolation)
+    guard = CrashLoopGuard(
+        clock,
+        settings.crash_loop_after,
+        settings.crash_loop_max_backoff,
+        settings.crash_loop_pause_after,
+        pauser(store, clock),
+    )
     runner = Runner(
-        clock, settings.pool_size, settings.max_log_bytes, recorder.record, set_attempt, on_run_done, stop
+        clock,
+        settings.pool_size,
+        settings.max_log_bytes,
+        recorder.record,
+        set_attempt,
+        on_run_done,
+        stop,
+        isolation,
+        guard,
+        note_stack,
     )
     dispatcher = Dispatcher(
         store,

@@ -38,9 +38,12 @@ class Recorder:
         write: Callable[[Sequence[Outcome]], list[int]],
         spool: Path,
         on_health: Callable[[bool, str], None] = lambda ok, why: None,
+        write_attempt: Callable[[int, int, int], bool] = lambda run_id, fence, attempt: True,
     ) -> None:
         self.clock = clock
         self._write = write
+        self._write_attempt = write_attempt
+        self._attempts: dict[int, tuple[int, int]] = {}  # run_id -> (fence, attempt) of a retry begun
         self.spool = spool
         self._on_health = on_health
         self._queue: deque[Outcome] = deque()
@@ -55,6 +58,12 @@ class Recorder:
     def record(self, outcome: Outcome) -> None:
         with self._cond:
             self._queue.append(outcome)
+            self._cond.notify()
+
+    def record_attempt(self, run_id: int, fence: int, attempt: int) -> None:
+        """A retry began: its attempt number is written behind the job, like the ends."""
+        with self._cond:
+            self._attempts[run_id] = (fence, attempt)
             self._cond.notify()
 
     @property
@@ -73,6 +82,8 @@ class Recorder:
 
     def flush_once(self) -> bool:
         """Write what is queued now; False if the database did not take it."""
+        if not self._flush_attempts():
+            return False
         with self._cond:
             batch = [self._queue.popleft() for _ in range(min(BATCH, len(self._queue)))]
             self._writing = {o.run_id for o in batch}
@@ -99,12 +110,28 @@ class Recorder:
             )
         return True
 
+    def _flush_attempts(self) -> bool:
+        with self._cond:
+            attempts, self._attempts = self._attempts, {}
+            ending = {o.run_id for o in self._queue}
+        try:
+            for run_id, (fence, attempt) in attempts.items():
+                if run_id not in ending:  # an end queued already carries its attempt
+                    self._write_attempt(run_id, fence, attempt)
+        except (StoreUnavailable, SchedulerError) as exc:
+            with self._cond:
+                for run_id, value in attempts.items():
+                    self._attempts.setdefault(run_id, value)
+            self._on_health(False, str(exc))
+            return False
+        return True
+
     def _loop(self) -> None:
         backoff = MIN_BACKOFF
         failing = False
         while True:
             with self._cond:
-                self._cond.wait_for(lambda: self._queue or self._closing)
+                self._cond.wait_for(lambda: self._queue or self._attempts or self._closing)
                 if self._closing:
                     return
             if self.flush_once():

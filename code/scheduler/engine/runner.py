@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import random
+import sys
 import threading
 import traceback
 from collections.abc import Callable
@@ -17,10 +18,16 @@ from datetime import datetime, timedelta
 
 from scheduler.clock import Clock
 from scheduler.engine import runlog
-from scheduler.jobs.registry import JobSpec
+from scheduler.engine.guard import CrashLoopGuard
+from scheduler.engine.isolation import ChildFailed, ChildStopped, ProcessIsolation
+from scheduler.jobs.registry import JobSpec, retry_allowed
 from scheduler.store import Claimed, Outcome
 
 log = logging.getLogger(__name__)
+
+# A thread run this far past its timeout is stuck: its stack is noted on its run row, where the
+# watchdog's "overrunning" incident shows it. A thread cannot be killed; it keeps its pool thread.
+STUCK_MARGIN = 10.0
 
 
 @dataclass
@@ -48,6 +55,8 @@ class ActiveRun:
     ctx: JobContext
     deadline_mono: float | None
     overdue_logged: bool = False
+    stack_noted: bool = False
+    thread_id: int | None = None
     began_at: datetime | None = None
     outcome: Outcome | None = None  # set when the run ends, before `on_done`
 
@@ -64,8 +73,14 @@ class Runner:
         set_attempt: Callable[[Claimed, int], None],
         on_done: Callable[[ActiveRun], None],
         stop: threading.Event,
+        isolation: ProcessIsolation | None = None,
+        guard: CrashLoopGuard | None = None,
+        note_stack: Callable[[Claimed, str], None] = lambda claimed, stack: None,
     ) -> None:
+        self._note_stack = note_stack
         self.clock = clock
+        self.isolation = isolation or ProcessIsolation()
+        self.guard = guard
         self.max_log_bytes = max_log_bytes
         self._record = record
         self._set_attempt = set_attempt
@@ -90,7 +105,25 @@ class Runner:
         active = ActiveRun(claimed, spec, mono, ctx, deadline)
         with self._lock:
             self._active[claimed.run_id] = active
+        held = self.guard.held_until(spec.name) if self.guard else None
+        if held is not None:
+            self._finish(active, self._held(active, held))
+            return
         self._pool.submit(self._execute, active)
+
+    def _held(self, run: ActiveRun, until: datetime) -> Outcome:
+        failures = self.guard.failures(run.spec.name) if self.guard else 0
+        message = f"crash-loop guard: {failures} failures in a row; next run not before {until.isoformat()}"
+        return Outcome(
+            run_id=run.claimed.run_id,
+            fence=run.claimed.fence,
+            status="skipped",
+            finished_at=self.clock.now(),
+            started_at=None,
+            attempt=run.claimed.attempt,
+            error_type="CrashLoop",
+            error_message=message,
+        )
 
     def active(self) -> list[ActiveRun]:
         with self._lock:
@@ -122,9 +155,29 @@ class Runner:
                             "action": "overdue",
                         },
                     )
+                if now >= run.deadline_mono + STUCK_MARGIN:  # the loop calls this at least every second
+                    self._stuck(run)
             elif upcoming is None or run.deadline_mono < upcoming:
                 upcoming = run.deadline_mono
         return upcoming
+
+    def _stuck(self, run: ActiveRun) -> None:
+        """Note, once, the stack of a thread run stuck past its timeout (a process run is killed)."""
+        if run.stack_noted or run.thread_id is None or self.isolation.applies(run.spec):
+            return
+        run.stack_noted = True
+        frame = sys._current_frames().get(run.thread_id)
+        if frame is None:
+            return
+        stack = "".join(traceback.format_stack(frame))[-4000:]
+        log.warning(
+            "run %s of %s is stuck past its timeout; its thread is at:\n%s",
+            run.claimed.run_id,
+            run.spec.name,
+            stack.rstrip(),
+            extra={"job": run.spec.name, "run_id": run.claimed.run_id, "action": "stuck"},
+        )
+        self._note_stack(run.claimed, stack)
 
     def wait_idle(self, timeout: float) -> bool:
         """Wait until no run is active (real time); True if idle."""
@@ -142,6 +195,7 @@ class Runner:
 
     def _execute(self, run: ActiveRun) -> None:
         spec, claimed = run.spec, run.claimed
+        run.thread_id = threading.get_ident()
         buffer = runlog.LogBuffer(self.max_log_bytes)
         runlog.bind(buffer)
         outcome: Outcome | None = None
@@ -172,14 +226,15 @@ class Runner:
         while True:
             run.ctx.attempt = attempt
             try:
-                if spec.wants_ctx:
-                    spec.func(run.ctx)
-                else:
-                    spec.func(*spec.args, **spec.kwargs)
-            except Exception as exc:
+                self._call(run, attempt, buffer)
+            except ChildStopped as exc:
+                return self._outcome(run, "abandoned", attempt, buffer, None, f"shut down: {exc}")
+            except (Exception, SystemExit) as exc:  # sys.exit(n) in a job fails it like an exception
+                if isinstance(exc, SystemExit) and exc.code in (None, 0):
+                    return self._ended(run, attempt, buffer)
                 if self._overdue(run):
                     return self._outcome(run, "timed_out", attempt, buffer, exc)
-                if attempt > spec.retries:
+                if not retry_allowed(attempt, spec.retries):
                     return self._outcome(run, "failed", attempt, buffer, exc)
                 buffer.write(f"attempt {attempt} failed: {type(exc).__name__}: {exc}\n")
                 log.warning(
@@ -199,9 +254,31 @@ class Runner:
                 attempt += 1
                 self._set_attempt(run.claimed, attempt)
                 continue
-            if self._overdue(run):
-                return self._outcome(run, "timed_out", attempt, buffer, None)
-            return self._outcome(run, "succeeded", attempt, buffer, None)
+            return self._ended(run, attempt, buffer)
+
+    def _call(self, run: ActiveRun, attempt: int, buffer: runlog.LogBuffer) -> None:
+        spec = run.spec
+        if self.isolation.applies(spec):
+            claimed = run.claimed
+            self.isolation.run(
+                spec,
+                claimed.run_id,
+                claimed.scheduled_for,
+                attempt,
+                run.deadline_mono,
+                self.clock,
+                run.ctx.cancelled,
+                buffer.write,
+            )
+        elif spec.wants_ctx:
+            spec.func(run.ctx)
+        else:
+            spec.func(*spec.args, **spec.kwargs)
+
+    def _ended(self, run: ActiveRun, attempt: int, buffer: runlog.LogBuffer) -> Outcome:
+        if self._overdue(run):
+            return self._outcome(run, "timed_out", attempt, buffer, None)
+        return self._outcome(run, "succeeded", attempt, buffer, None)
 
     def _overdue(self, run: ActiveRun) -> bool:
         return run.deadline_mono is not None and self.clock.monotonic() >= run.deadline_mono
@@ -216,7 +293,10 @@ class Runner:
         message: str | None = None,
     ) -> Outcome:
         error_type = error_message = error_traceback = None
-        if exc is not None:
+        if isinstance(exc, ChildFailed):  # the child's own error, not this thread's traceback
+            error_type, error_message = exc.error_type, str(exc)[:2000]
+            error_traceback = exc.child_traceback or None
+        elif exc is not None:
             error_type = type(exc).__name__
             error_message = str(exc)[:2000]
             error_traceback = "".join(traceback.format_exception(exc))[-8000:]
@@ -257,6 +337,9 @@ class Runner:
             extra={"job": run.spec.name, "run_id": outcome.run_id, "action": outcome.status},
         )
         run.outcome = outcome
+        if self.guard is not None:
+            error = ": ".join(p for p in (outcome.error_type, outcome.error_message) if p)
+            self.guard.observe(run.spec.name, outcome.status, error)
         self._record(outcome)
         with self._idle:
             self._active.pop(run.claimed.run_id, None)

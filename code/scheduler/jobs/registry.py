@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 
 Overlap = Literal["skip", "queue"]
 Catchup = Literal["latest", "all", "skip"]
+Isolation = Literal["thread", "process"]
+ISOLATIONS = ("thread", "process")
 _SPEC_ATTR = "__scheduler_job__"
 _MODULE_PREFIX = "scheduler_jobs."
 
@@ -52,6 +54,10 @@ class JobSpec:
     enabled: bool = True
     grace: timedelta | None = None
     alert_after_failures: int = 1
+    # None: SCHEDULER_DEFAULT_ISOLATION decides (process when a limit is set).
+    isolation: Isolation | None = None
+    memory_limit: int | None = None  # bytes of address space (RLIMIT_AS), process runs only
+    cpu_limit: timedelta | None = None  # CPU time (RLIMIT_CPU), process runs only
     wants_ctx: bool = field(default=False, compare=False)
     args: tuple[Any, ...] = field(default=(), compare=False, repr=False)
     kwargs: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
@@ -83,7 +89,27 @@ class JobSpec:
             "enabled": self.enabled,
             "grace_seconds": self.grace.total_seconds() if self.grace else None,
             "alert_after_failures": self.alert_after_failures,
+            "isolation": self.isolation,
+            "memory_limit": self.memory_limit,
+            "cpu_limit_seconds": self.cpu_limit.total_seconds() if self.cpu_limit else None,
         }
+
+    def isolated(self, default: str = "thread") -> bool:
+        """True if runs execute in a child process (declared, a limit set, or the default)."""
+        if self.isolation is not None:
+            return self.isolation == "process"
+        return default == "process" or self.memory_limit is not None or self.cpu_limit is not None
+
+
+def retry_allowed(attempt: int, retries: int) -> bool:
+    """The retry policy, for the runner (after an error) and the leader (after a lost instance):
+    attempt `attempt` failed; another follows while attempts stay within 1 + `retries`."""
+    return attempt <= retries
+
+
+def retries_in(definition: dict[str, Any]) -> int:
+    """`retries` of a stored definition (JobSpec.definition()); 0 if absent."""
+    return int(definition.get("retries") or 0)
 
 
 def job(
@@ -102,6 +128,9 @@ def job(
     enabled: bool = True,
     grace: timedelta | None = None,
     alert_after_failures: int = 1,
+    isolation: Isolation | None = None,
+    memory_limit: int | str | None = None,
+    cpu_limit: timedelta | None = None,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Declare a job: `@job(interval=timedelta(seconds=30))` or `@job(cron=..., timezone=...)`.
 
@@ -125,6 +154,9 @@ def job(
             enabled=enabled,
             grace=grace,
             alert_after_failures=alert_after_failures,
+            isolation=isolation,
+            memory_limit=parse_bytes(memory_limit),
+            cpu_limit=cpu_limit,
         )
         setattr(func, _SPEC_ATTR, spec)
         return func
@@ -185,9 +217,37 @@ def _validated(spec: JobSpec) -> JobSpec:
         raise JobDefinitionError("start_at must be tz-aware")
     if spec.alert_after_failures < 1:
         raise JobDefinitionError("alert_after_failures must be >= 1")
+    _check_isolation(spec)
     wants_ctx = _takes_one_argument(spec.func) and not spec.args and not spec.kwargs
     object.__setattr__(spec, "wants_ctx", wants_ctx)
     return spec
+
+
+_BYTE_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+
+
+def parse_bytes(value: int | str | None) -> int | None:
+    """`512M`, `2G`, `65536`: a size in bytes. Raises JobDefinitionError for anything else."""
+    if value is None or (isinstance(value, int) and not isinstance(value, bool)):
+        return value
+    text = str(value).strip().lower().removesuffix("b").removesuffix("i")
+    number, unit = (text[:-1], text[-1]) if text[-1:] in _BYTE_UNITS else (text, "")
+    try:
+        return int(float(number) * _BYTE_UNITS[unit])
+    except ValueError:
+        raise JobDefinitionError(f"memory_limit must be bytes or e.g. '512M', got {value!r}") from None
+
+
+def _check_isolation(spec: JobSpec) -> None:
+    if spec.isolation is not None and spec.isolation not in ISOLATIONS:
+        raise JobDefinitionError(f"isolation must be 'thread' or 'process', got {spec.isolation!r}")
+    limited = spec.memory_limit is not None or spec.cpu_limit is not None
+    if limited and spec.isolation == "thread":
+        raise JobDefinitionError("memory_limit and cpu_limit need isolation='process'")
+    if spec.memory_limit is not None and spec.memory_limit < 1024 * 1024:
+        raise JobDefinitionError(f"memory_limit must be at least 1M, got {spec.memory_limit}")
+    if spec.cpu_limit is not None and spec.cpu_limit < timedelta(seconds=1):
+        raise JobDefinitionError(f"cpu_limit must be at least 1s, got {spec.cpu_limit}")
 
 
 def _takes_one_argument(func: Callable[..., Any]) -> bool:

@@ -264,6 +264,16 @@ class RunRepository(RunReads):
             )
             return result.rowcount == 1
 
+    def note_stack(self, run_id: int, fence: int, stack: str) -> bool:
+        """Keep the stack of a run stuck past its timeout on its row while it runs; the end replaces it."""
+        with self.db.write() as conn:
+            result = conn.execute(
+                runs.update()
+                .where(runs.c.id == run_id, runs.c.fence == fence, runs.c.status == "running")
+                .values(error_traceback=_text(stack))
+            )
+            return result.rowcount == 1
+
     def renew(self, owner: str, lease_until: datetime, ids: Collection[int] | None = None) -> int:
         """Extend the leases of this instance's running runs (only `ids`, if given); returns how many."""
         if ids is not None and not ids:
