@@ -29,6 +29,8 @@ from scheduler.operator.server import HttpServer
 from scheduler.operator.web import openapi
 from scheduler.store import Claim, InstanceRow, Outcome, Owner, Store
 
+from tests.support.wsgi import call
+
 TOKEN = "t0ken-for-tests"
 OWNER = Owner("inst-a", "host-a", 4242)
 
@@ -71,36 +73,6 @@ def world(store: Store, clock: FakeClock) -> Store:
 def app(world: Store, clock: FakeClock) -> Api:
     health = Health(clock)
     return Api(world, health, clock, TOKEN, Metrics(world, health, clock, "inst-a"))
-
-
-def call(
-    app: Any,
-    method: str,
-    path: str,
-    body: bytes = b"",
-    token: str | None = None,
-    query: str = "",
-    remote: str = "10.1.2.3",
-    headers: dict[str, str] | None = None,
-) -> tuple[int, dict[str, str], bytes]:
-    environ: dict[str, Any] = {
-        "REQUEST_METHOD": method,
-        "PATH_INFO": path.encode().decode("latin-1"),
-        "QUERY_STRING": query,
-        "CONTENT_LENGTH": str(len(body)),
-        "REMOTE_ADDR": remote,
-        "wsgi.input": io.BytesIO(body),
-    }
-    if token is not None:
-        environ["HTTP_AUTHORIZATION"] = f"Bearer {token}"
-    environ.update(headers or {})
-    seen: dict[str, Any] = {}
-
-    def start_response(status: str, response_headers: list[tuple[str, str]]) -> None:
-        seen["status"], seen["headers"] = int(status.split()[0]), dict(response_headers)
-
-    data = b"".join(app(environ, start_response))
-    return seen["status"], seen["headers"], data
 
 
 def get_json(app: Api, path: str, query: str = "", status: int = 200) -> Any:
@@ -162,12 +134,66 @@ def test_read_routes(app: Api, world: Store) -> None:
         ("/api/runs/abc", "", 400, "run id must be a whole number"),
         ("/api/runs/99999", "", 404, "no run with id 99999"),
         ("/api/nothing", "", 404, "no such path: /api/nothing"),
+        ("/api/alerts", "all=banana", 400, "'all' must be true or false, got 'banana'"),
+        ("/api/alerts", "all=null", 400, "'all' must be true or false, got 'null'"),
+        ("/api/alerts", "all=1", 400, "'all' must be true or false"),
+        ("/api/runs", "limit=", 400, "'limit' must be a whole number, got ''"),
+        ("/api/jobs/etl.load/next", "n=", 400, "'n' must be a whole number, got ''"),
+        ("/api/audit", "limit=", 400, "'limit' must be a whole number"),
+        ("/", "state=odd", 400, "state must be one of"),
+        ("/", "page=0", 400, "page must be a whole number from 1"),
         ("/static/../../etc/passwd", "", 404, "no such path"),
         ("/static/secret.py", "", 404, "no such file"),
     ],
 )
 def test_bad_reads_are_json_4xx(app: Api, path: str, query: str, status: int, fragment: str) -> None:
     assert fragment in get_json(app, path, query, status=status)["error"]
+
+
+def test_a_path_that_is_not_utf8_is_a_documented_400(app: Api) -> None:
+    environ_path = "/api/jobs/\xff"  # what a server hands over for GET /api/jobs/%FF
+    status, _, body = call_raw(app, "GET", environ_path)
+    assert status == 400 and json.loads(body) == {"error": "the path is not valid UTF-8"}
+    assert "400" in openapi.document()["paths"]["/api/jobs/{name}"]["get"]["responses"]
+
+
+def call_raw(app: Any, method: str, path_info: str) -> tuple[int, dict[str, str], bytes]:
+    environ = {"REQUEST_METHOD": method, "PATH_INFO": path_info, "wsgi.input": io.BytesIO(b"")}
+    seen: dict[str, Any] = {}
+
+    def start_response(status: str, headers: list[tuple[str, str]]) -> None:
+        seen["status"], seen["headers"] = int(status.split()[0]), dict(headers)
+
+    body = b"".join(app(environ, start_response))
+    return seen["status"], seen["headers"], body
+
+
+@pytest.mark.parametrize(
+    ("body", "valid"),
+    [
+        ({"interval": "5m"}, True),
+        ({"cron": "0 6 * * *"}, True),
+        ({"cron": "0 6 * * *", "timezone": "Europe/Paris"}, True),
+        ({"clear": True}, True),
+        ({"clear": True, "cron": ""}, False),
+        ({"clear": False}, False),
+        ({"interval": "5m", "cron": "0 6 * * *"}, False),
+        ({"interval": "5m", "timezone": "UTC"}, False),
+        ({"interval": "5m", "clear": False}, False),
+        ({}, False),
+    ],
+)
+def test_schedule_changes_take_exactly_the_documented_shapes(
+    app: Api, body: dict[str, Any], valid: bool
+) -> None:
+    schema = openapi.document()["components"]["schemas"]["ScheduleChange"]
+    assert "oneOf" in schema
+    validator = Draft202012Validator({**schema, "components": openapi.document()["components"]})
+    assert validator.is_valid(body) == valid
+    status, _, answer = call(app, "PUT", "/api/jobs/etl.load/schedule", json.dumps(body).encode(), TOKEN)
+    assert (status == 200) == valid, answer
+    if not valid:
+        assert status == 400 and json.loads(answer)["error"]
 
 
 # -- writing ------------------------------------------------------------------
@@ -312,12 +338,13 @@ def test_an_unreachable_database_gives_503_not_500(clock: FakeClock) -> None:
         store.dispose()
 
 
-def test_openapi_document_describes_exactly_the_api_routes(app: Api) -> None:
+def test_openapi_document_describes_exactly_the_served_routes(app: Api) -> None:
     doc = get_json(app, "/api/openapi.json")
     assert doc["openapi"] == "3.1.0" and doc == openapi.document()
     described = {(m.upper(), p) for p, item in doc["paths"].items() for m in item if m != "parameters"}
-    served = {(r.method, r.pattern) for r in app.routes if r.pattern.startswith(("/api/", "/healthz"))}
+    served = {(r.method, r.pattern) for r in app.routes}
     assert described == served
+    assert {("GET", "/metrics"), ("GET", "/"), ("GET", "/runs/{run_id}")} <= described
     for method, path in described:
         operation = doc["paths"][path][method.lower()]
         write = any(r.write for r in app.routes if (r.method, r.pattern) == (method, path))

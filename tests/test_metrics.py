@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import logging
 import socket
 import textwrap
@@ -80,19 +81,21 @@ def test_runs_durations_lateness_and_database_state(store: Store, clock: FakeClo
     body, content_type = metrics.render()
     assert content_type.startswith("text/plain; version=")
     got = samples(body.decode())
-    assert got[("scheduler_runs_total", (("job", "etl.load"), ("status", "succeeded")))] == 2
-    assert got[("scheduler_runs_total", (("job", "etl.load"), ("status", "failed")))] == 1
-    assert got[("scheduler_run_duration_seconds_count", (("job", "etl.load"),))] == 3
-    assert got[("scheduler_run_duration_seconds_sum", (("job", "etl.load"),))] == pytest.approx(42.5)
-    assert got[("scheduler_run_duration_seconds_bucket", (("job", "etl.load"), ("le", "1.0")))] == 1
+    assert got[("scheduler_runs_total", (("status", "succeeded"),))] == 2
+    assert got[("scheduler_runs_total", (("status", "failed"),))] == 1
+    assert got[("scheduler_job_runs_total", (("job", "etl.load"),))] == 3
+    assert got[("scheduler_job_failures_total", (("job", "etl.load"),))] == 1
+    assert got[("scheduler_run_duration_seconds_count", ())] == 3
+    assert got[("scheduler_run_duration_seconds_sum", ())] == pytest.approx(42.5)
+    assert got[("scheduler_run_duration_seconds_bucket", (("le", "1.0"),))] == 1
     # a manual run has no slot to be late for
-    assert got[("scheduler_run_lateness_seconds_count", (("job", "etl.load"),))] == 2
-    assert got[("scheduler_run_lateness_seconds_bucket", (("job", "etl.load"), ("le", "0.05")))] == 1
-    assert got[("scheduler_run_lateness_seconds_sum", (("job", "etl.load"),))] == pytest.approx(0.32)
+    assert got[("scheduler_run_lateness_seconds_count", ())] == 2
+    assert got[("scheduler_run_lateness_seconds_bucket", (("le", "0.05"),))] == 1
+    assert got[("scheduler_run_lateness_seconds_sum", ())] == pytest.approx(0.32)
     for state, n in (("active", 1), ("paused", 1), ("disabled", 1)):
         assert got[("scheduler_jobs", (("state", state),))] == n
-    assert got[("scheduler_run_records", (("job", "etl.load"), ("status", "missed")))] == 2
-    assert got[("scheduler_run_records", (("job", "etl.load"), ("status", "running")))] == 1
+    assert got[("scheduler_run_records", (("status", "missed"),))] == 2
+    assert got[("scheduler_run_records", (("status", "running"),))] == 1
     assert got[("scheduler_leader", ())] == 1 and got[("scheduler_running_runs", ())] == 1
     assert got[("scheduler_database_up", ())] == 1 and got[("scheduler_instances_alive", ())] == 1
     assert got[("scheduler_info", (("instance", "inst-a"), ("version", "1.0.0")))] == 1
@@ -101,13 +104,64 @@ def test_runs_durations_lateness_and_database_state(store: Store, clock: FakeClo
     assert ("scheduler_job_next_run_timestamp_seconds", (("job", "etl.paused"),)) not in got
 
 
+def per_job_series(text: str) -> dict[str, int]:
+    """How many samples carry each job label."""
+    counts: dict[str, int] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if "job" in sample.labels:
+                counts[sample.labels["job"]] = counts.get(sample.labels["job"], 0) + 1
+    return counts
+
+
+def busy_store(store: Store, clock: FakeClock, jobs: int) -> Metrics:
+    """`jobs` jobs, each with a succeeded, a failed, a timed-out and a skipped run finished here."""
+    now = clock.now()
+    names = [f"etl.job{i}" for i in range(jobs)]
+    store.jobs.sync([make_spec(work, name=n, interval=timedelta(minutes=10)) for n in names], now)
+    metrics = Metrics(store, Health(clock), clock, "inst-a")
+    for i, name in enumerate(names):
+        slot = now - timedelta(minutes=10 * (i + 1))
+        store.runs.claim([Claim(name, slot, status="missed")], OWNER, now, now)
+        for status in ("succeeded", "failed", "timed_out", "skipped"):
+            metrics.observe_run(finished_run(name, status, 0.1, 1.0, clock, "schedule"))
+    return metrics
+
+
+def test_default_metrics_have_at_most_five_series_per_job_and_no_created_samples(
+    store: Store, clock: FakeClock
+) -> None:
+    metrics = busy_store(store, clock, 3)
+    text = metrics.render()[0].decode()
+    counts = per_job_series(text)
+    assert sorted(counts) == ["etl.job0", "etl.job1", "etl.job2"]
+    assert max(counts.values()) <= 5
+    assert "_created" not in text
+
+
+def test_per_job_histograms_are_opt_in(store: Store, clock: FakeClock) -> None:
+    store.jobs.sync([make_spec(work, name="etl.load", interval=timedelta(minutes=10))], clock.now())
+    metrics = Metrics(store, Health(clock), clock, "inst-a", per_job_histograms=True)
+    metrics.observe_run(finished_run("etl.load", "succeeded", 0.3, 2.0, clock, "schedule"))
+    got = samples(metrics.render()[0].decode())
+    assert got[("scheduler_run_duration_seconds_count", (("job", "etl.load"),))] == 1
+    assert got[("scheduler_run_lateness_seconds_bucket", (("job", "etl.load"), ("le", "0.5")))] == 1
+    assert ("scheduler_run_duration_seconds_count", ()) not in got
+
+
+def test_the_setting_turns_on_per_job_histograms() -> None:
+    assert config.load(env={}).metrics_per_job_histograms is False
+    env = {"SCHEDULER_METRICS_PER_JOB_HISTOGRAMS": "true"}
+    assert config.load(env=env).metrics_per_job_histograms is True
+
+
 def test_each_metrics_has_its_own_registry(sqlite_url: str, clock: FakeClock) -> None:
     store = Store(sqlite_url)
     store.upgrade()
     try:
         first, second = (Metrics(store, Health(clock), clock, name) for name in ("a", "b"))
         first.observe_run(finished_run("etl.load", "succeeded", 0.1, 1.0, clock, "schedule"))
-        key = ("scheduler_runs_total", (("job", "etl.load"), ("status", "succeeded")))
+        key = ("scheduler_job_runs_total", (("job", "etl.load"),))
         assert samples(first.render()[0].decode())[key] == 1
         assert key not in samples(second.render()[0].decode())
     finally:
@@ -173,7 +227,7 @@ def service(tmp_path: Path) -> Iterator[Service]:
 def test_a_running_service_serves_metrics_health_and_api(service: Service) -> None:
     assert service.http is not None
     base = service.http.url
-    key = ("scheduler_runs_total", (("job", "quick.tick"), ("status", "succeeded")))
+    key = ("scheduler_job_runs_total", (("job", "quick.tick"),))
 
     def scraped() -> dict[tuple[str, tuple[tuple[str, str], ...]], float] | None:
         with urllib.request.urlopen(base + "/metrics", timeout=5) as response:
@@ -181,8 +235,19 @@ def test_a_running_service_serves_metrics_health_and_api(service: Service) -> No
         return got if got.get(key, 0) >= 1 else None
 
     got = wait_until(scraped, timeout=15)
-    assert got[("scheduler_run_duration_seconds_count", (("job", "quick.tick"),))] >= 1
+    assert got[("scheduler_run_duration_seconds_count", ())] >= 1
+    assert got[("scheduler_job_last_success_timestamp_seconds", (("job", "quick.tick"),))] > 0
     assert got[("scheduler_leader", ())] == 1 and got[("scheduler_database_up", ())] == 1
+    plain = urllib.request.urlopen(base + "/metrics", timeout=5)
+    zipped = urllib.request.urlopen(
+        urllib.request.Request(base + "/metrics", headers={"Accept-Encoding": "gzip"}), timeout=5
+    )
+    with plain, zipped:
+        assert plain.headers.get("Content-Encoding") is None
+        assert zipped.headers["Content-Encoding"] == "gzip"
+        assert zipped.headers["Vary"] == "Accept-Encoding"
+        unzipped = samples(gzip.decompress(zipped.read()).decode())
+    assert unzipped[("scheduler_leader", ())] == 1
     with urllib.request.urlopen(base + "/healthz", timeout=5) as response:
         assert response.status == 200
     with urllib.request.urlopen(base + "/api/jobs", timeout=5) as response:

@@ -7,13 +7,36 @@ Declare jobs in modules under `code/jobs/`:
 
     @job(interval=timedelta(seconds=30))
     def refresh_cache(ctx): ...
+
+`job`, `JobSpec` and `JobContext` are imported on first use, so `control.py
+status` (which needs only the pidfile) does not load the runner or the store.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 __version__ = "1.0.0"
 
-from scheduler.engine.runner import JobContext
-from scheduler.jobs.registry import JobSpec, job
+if TYPE_CHECKING:
+    from scheduler.engine.runner import JobContext
+    from scheduler.jobs.registry import JobSpec, job
 
 __all__ = ["JobContext", "JobSpec", "__version__", "job"]
+
+_LAZY = {
+    "JobContext": "scheduler.engine.runner",
+    "JobSpec": "scheduler.jobs.registry",
+    "job": "scheduler.jobs.registry",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'scheduler' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

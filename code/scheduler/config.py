@@ -51,6 +51,7 @@ class Settings:
     http_port: int = 8080
     http_public_reads: bool = False  # needed to serve a non-loopback address without an API token
     api_token: str = ""
+    metrics_per_job_histograms: bool = False
     slack_webhook_url: str = ""
     slack_token: str = ""
     slack_channel: str = "#dev-notify"

@@ -5,6 +5,7 @@
 - `sandbox`: real `control.py` daemons in a private folder, database reads.
 - `supervisord`: the supervisord template rendered and parsed as supervisord reads it.
 - `polling`: `wait_until(predicate, timeout)`.
+- `wsgi`: `call(app, method, path, ...)`: one request to a WSGI app in-process.
 
 Test modules import from here, never from one another.
 """

@@ -107,11 +107,17 @@ def build_service(settings: Settings, clock: Clock | None = None) -> Service:
         store, clock, settings, health, worker=owner.instance, leading=coordinator.holds_lease
     )
     metrics = Metrics(
-        store, health, clock, owner.instance, coordinator.holds_lease, lambda: len(runner.active())
+        store,
+        health,
+        clock,
+        owner.instance,
+        coordinator.holds_lease,
+        lambda: len(runner.active()),
+        per_job_histograms=settings.metrics_per_job_histograms,
     )
 
     def bind_http() -> HttpServer:
-        app = Api(store, health, clock, settings.api_token, metrics)
+        app = Api(store, health, clock, settings.api_token, metrics, live_log=runner.live_log)
         return HttpServer(app, settings.http_host, settings.http_port)
 
     parts = Parts(

@@ -59,6 +59,7 @@ class ActiveRun:
     thread_id: int | None = None
     began_at: datetime | None = None
     outcome: Outcome | None = None  # set when the run ends, before `on_done`
+    log: runlog.LogBuffer | None = None  # what it logged so far, while it runs (the dashboard's tail)
 
 
 class Runner:
@@ -110,6 +111,12 @@ class Runner:
             self._finish(active, self._held(active, held))
             return
         self._pool.submit(self._execute, active)
+
+    def live_log(self, run_id: int) -> str | None:
+        """The log so far of a run executing here; None if it does not run in this process."""
+        with self._lock:
+            run = self._active.get(run_id)
+        return run.log.text() if run is not None and run.log is not None else None
 
     def _held(self, run: ActiveRun, until: datetime) -> Outcome:
         failures = self.guard.failures(run.spec.name) if self.guard else 0
@@ -197,6 +204,7 @@ class Runner:
         spec, claimed = run.spec, run.claimed
         run.thread_id = threading.get_ident()
         buffer = runlog.LogBuffer(self.max_log_bytes)
+        run.log = buffer
         runlog.bind(buffer)
         outcome: Outcome | None = None
         try:

@@ -2,8 +2,12 @@
 
 Every command reads or writes the database directly, so it works whether or
 not a daemon runs, and prints an aligned table or, with `--json`, the same
-dicts the HTTP API returns (see `views`). Exit codes: 0 ok; 1 failure or not
+dicts the HTTP API returns (see `queries`). Exit codes: 0 ok; 1 failure or not
 found; 2 usage or an invalid value. Errors are one line on stderr.
+
+This module is imported to build the parser of every command, `status` and
+`--help` included: the store and the read model are imported by the handlers
+that use them, never here.
 """
 
 from __future__ import annotations
@@ -15,13 +19,15 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from scheduler.clock import SystemClock
 from scheduler.config import Settings
 from scheduler.errors import JobDefinitionError, StoreError
-from scheduler.operator import queries as views
-from scheduler.store import Store
+from scheduler.operator import RUN_STATUSES
+
+if TYPE_CHECKING:
+    from scheduler.store import Store
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 Handler = Callable[[Settings, argparse.Namespace], int]
@@ -44,7 +50,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("-n", type=_positive, default=5, help="how many slots (default 5)")
     p = add("history", cmd_history, "recent runs, newest first")
     p.add_argument("job", nargs="?")
-    p.add_argument("--status", choices=views.RUN_STATUSES)
+    p.add_argument("--status", choices=RUN_STATUSES)
     p.add_argument("--limit", type=_positive, default=20)
     add("logs", cmd_logs, "the captured log and error of a run").add_argument("run_id", type=_run_id)
     add("trigger", cmd_trigger, "queue one manual run of a job").add_argument("job")
@@ -90,13 +96,15 @@ def _guarded(handler: Handler) -> Handler:
     """Map invalid values to exit 2 and refusals to exit 1, each as one line naming the target."""
 
     def run(settings: Settings, args: argparse.Namespace) -> int:
+        from scheduler.operator.queries import RefusedError
+
         target = getattr(args, "job", None) or args.command
         try:
             return handler(settings, args)
         except JobDefinitionError as exc:
             print(f"error: {target}: {exc}", file=sys.stderr)
             return EXIT_USAGE
-        except views.RefusedError as exc:
+        except RefusedError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return EXIT_FAIL
 
@@ -110,6 +118,8 @@ def _open(settings: Settings, *, migrate: bool = False) -> Iterator[Store]:
         path = settings.database_url.split(":///", 1)[-1]
         if path and path != ":memory:" and not Path(path).exists():
             raise StoreError(f"database file {path} does not exist (start the daemon or run 'db upgrade')")
+    from scheduler.store import Store
+
     store = Store(settings.database_url)
     try:
         if not migrate and store.db.current_revision() is None:
@@ -127,6 +137,8 @@ def _print_json(data: Any) -> None:
 
 
 def cmd_jobs(settings: Settings, args: argparse.Namespace) -> int:
+    from scheduler.operator import queries as views
+
     with _open(settings) as store:
         jobs = views.list_jobs(store, clock.now())
     if args.json:
@@ -150,6 +162,8 @@ def _next_cells(job: dict[str, Any]) -> list[str]:
 
 
 def cmd_show(settings: Settings, args: argparse.Namespace) -> int:
+    from scheduler.operator import queries as views
+
     with _open(settings) as store:
         job = views.show_job(store, args.job, clock.now())
     if args.json:
@@ -179,6 +193,8 @@ def cmd_show(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_next(settings: Settings, args: argparse.Namespace) -> int:
+    from scheduler.operator import queries as views
+
     with _open(settings) as store:
         data = views.next_slots(store, args.job, clock.now(), args.n)
     if args.json:
@@ -192,6 +208,8 @@ def cmd_next(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_history(settings: Settings, args: argparse.Namespace) -> int:
+    from scheduler.operator import queries as views
+
     with _open(settings) as store:
         runs = views.list_runs(store, args.job, args.status, args.limit)
     if args.json:
@@ -202,6 +220,8 @@ def cmd_history(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_logs(settings: Settings, args: argparse.Namespace) -> int:
+    from scheduler.operator import queries as views
+
     with _open(settings) as store:
         run = views.show_run(store, args.run_id)
     if args.json:
@@ -219,6 +239,8 @@ def cmd_logs(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_instances(settings: Settings, args: argparse.Namespace) -> int:
+    from scheduler.operator import queries as views
+
     with _open(settings) as store:
         found = views.list_instances(store, clock.now())
     if args.json:
@@ -243,6 +265,8 @@ def cmd_instances(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_alerts(settings: Settings, args: argparse.Namespace) -> int:
+    from scheduler.operator import queries as views
+
     with _open(settings) as store:
         found = views.list_alerts(store, open_only=not args.all, limit=args.limit)
     if args.json:
@@ -265,6 +289,8 @@ def cmd_alerts(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_audit(settings: Settings, args: argparse.Namespace) -> int:
+    from scheduler.operator import queries as views
+
     with _open(settings) as store:
         entries = views.list_audit(store, args.job, args.limit)
     if args.json:
@@ -288,6 +314,8 @@ def cmd_audit(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_trigger(settings: Settings, args: argparse.Namespace) -> int:
+    from scheduler.operator import queries as views
+
     with _open(settings) as store:
         result = views.trigger(store, args.job, views.cli_actor(), clock.now())
     if args.json:
@@ -308,6 +336,8 @@ def cmd_resume(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _set_paused(settings: Settings, args: argparse.Namespace, paused: bool) -> int:
+    from scheduler.operator import queries as views
+
     actor = views.cli_actor()
     with _open(settings) as store:
         job = views.set_paused(store, args.job, paused, actor, clock.now())
@@ -319,6 +349,8 @@ def _set_paused(settings: Settings, args: argparse.Namespace, paused: bool) -> i
 
 
 def cmd_set(settings: Settings, args: argparse.Namespace) -> int:
+    from scheduler.operator import queries as views
+
     actor = views.cli_actor()
     with _open(settings) as store:
         job = views.set_schedule(
@@ -341,6 +373,7 @@ def cmd_set(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_notify_test(settings: Settings, args: argparse.Namespace) -> int:
+    from scheduler.operator import queries as views
     from scheduler.operator.alerts import send_test  # slack_sdk only for this command
 
     result = send_test(settings)

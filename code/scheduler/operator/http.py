@@ -9,6 +9,7 @@ a bad payload never gives a 500.
 
 from __future__ import annotations
 
+import gzip
 import hmac
 import json
 import logging
@@ -25,8 +26,9 @@ from scheduler.clock import Clock
 from scheduler.cluster.health import Health
 from scheduler.errors import JobDefinitionError, NotFoundError, StoreUnavailable
 from scheduler.operator import queries as views
+from scheduler.operator.catalog import JobCatalog
 from scheduler.operator.metrics import Metrics
-from scheduler.operator.web import dashboard, openapi
+from scheduler.operator.web import dashboard, listing, openapi, pages, site
 from scheduler.store import Store
 
 log = logging.getLogger(__name__)
@@ -42,7 +44,7 @@ SECURITY_HEADERS = [
 ]
 PAGE_POLICY = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-    "connect-src 'self'; form-action 'none'; frame-ancestors 'none'; base-uri 'none'"
+    "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
 )
 StartResponse = Callable[[str, list[tuple[str, str]]], Any]
 
@@ -68,13 +70,23 @@ class Request:
         return values[-1] if values else None
 
     def int_arg(self, name: str, default: int) -> int:
-        """A whole-number query parameter (the queries check its range). Raises HttpError(400)."""
+        """A whole-number query parameter (the queries check its range); absent gives `default`,
+        empty or not a number is a 400. Raises HttpError(400)."""
         raw = self.arg(name)
-        if raw is None or raw == "":
+        if raw is None:
             return default
         if not re.fullmatch(r"[+-]?\d{1,9}", raw.strip()):
             raise HttpError(400, f"query parameter {name!r} must be a whole number, got {raw[:40]!r}")
         return int(raw)
+
+    def bool_arg(self, name: str) -> bool:
+        """`true` or `false`, as the document's boolean parameters are written; absent is false."""
+        raw = self.arg(name)
+        if raw is None:
+            return False
+        if raw not in ("true", "false"):
+            raise HttpError(400, f"query parameter {name!r} must be true or false, got {raw[:40]!r}")
+        return raw == "true"
 
     def json_object(self) -> dict[str, Any]:
         """The body as a JSON object; an empty body is {}. Raises HttpError(400).
@@ -137,14 +149,18 @@ class Api:
         clock: Clock,
         api_token: str = "",
         metrics: Metrics | None = None,
+        live_log: Callable[[int], str | None] = lambda _run_id: None,
     ) -> None:
         self.store = store
+        self.live_log = live_log  # a running run's log so far, if it runs in this process
+        self.catalog = JobCatalog(store, clock)  # the jobs list's rows, kept between pages
         self.health = health
         self.clock = clock
         self._token = api_token.encode()
         self.metrics = metrics
         self.routes = [
             Route("GET", "/", self.page),
+            Route("GET", "/jobs/{name}", self.job_page),
             Route("GET", "/runs/{run_id}", self.run_page),
             Route("GET", "/static/{file}", self.static),
             Route("GET", "/healthz", self.healthz),
@@ -263,7 +279,7 @@ class Api:
         return reply(views.list_instances(self.store, self.now()))
 
     def alerts(self, request: Request) -> Response:
-        open_only = request.arg("all") not in ("1", "true", "yes")
+        open_only = not request.bool_arg("all")
         return reply(views.list_alerts(self.store, open_only, request.int_arg("limit", 50)))
 
     def audit(self, request: Request) -> Response:
@@ -295,17 +311,7 @@ class Api:
         )
 
     def schedule(self, request: Request) -> Response:
-        body = request.json_object()
-        unknown = sorted(set(body) - {"interval", "cron", "timezone", "clear"})
-        if unknown:
-            raise HttpError(
-                400, f"unknown fields: {', '.join(unknown)} (use interval, cron, timezone or clear)"
-            )
-        for name in ("cron", "timezone"):
-            if body.get(name) is not None and not isinstance(body[name], str):
-                raise HttpError(400, f"{name} must be a string")
-        if not isinstance(body.get("clear", False), bool):
-            raise HttpError(400, "clear must be true or false")
+        body = _schedule_change(request.json_object())
         job = views.set_schedule(
             self.store,
             request.params["name"],
@@ -335,30 +341,36 @@ class Api:
         if self.metrics is None:
             raise HttpError(404, "metrics are not enabled in this app")
         body, content_type = self.metrics.render()
-        return Response(200, body, content_type)
+        vary = [("Vary", "Accept-Encoding")]
+        if _accepts_gzip(request.headers.get("accept-encoding", "")):
+            # level 1: at 10,000 jobs it shrinks the text ~10x at a fraction of level 9's CPU
+            return Response(200, gzip.compress(body, 1), content_type, [("Content-Encoding", "gzip"), *vary])
+        return Response(200, body, content_type, vary)
 
     def page(self, request: Request) -> Response:
         now = self.now()
+        wanted = listing.Filter.parse(
+            request.arg("q"), request.arg("state"), request.arg("sort"), request.arg("page")
+        )
         try:
-            try:
-                alerts: list[dict[str, Any]] | str = views.list_alerts(self.store, True, 20)
-            except views.RefusedError as exc:
-                alerts = str(exc)
-            html = dashboard.render_page(
-                jobs=views.list_jobs(self.store, now),
-                runs=views.list_runs(self.store, limit=25),
-                instances=views.list_instances(self.store, now, limit=10),
-                alerts=alerts,
-                health=self.health.report(),
-                now=now,
-                writable=bool(self._token),
-            )
+            report = self.health.report()
+            html = site.front_page(self.store, self.catalog, report, now, wanted, bool(self._token))
+        except StoreUnavailable as exc:
+            return _html(dashboard.render_unavailable(str(exc), now), 503)
+        return _html(html)
+
+    def job_page(self, request: Request) -> Response:
+        now = self.now()
+        try:
+            html = site.job_page(self.store, request.params["name"], now, bool(self._token))
         except StoreUnavailable as exc:
             return _html(dashboard.render_unavailable(str(exc), now), 503)
         return _html(html)
 
     def run_page(self, request: Request) -> Response:
-        return _html(dashboard.render_run(views.show_run(self.store, _run_id(request)), self.now()))
+        run = views.show_run(self.store, _run_id(request))
+        live = self.live_log(run["id"]) if run["status"] == "running" else None
+        return _html(pages.render_run(run, self.now(), live))
 
     def static(self, request: Request) -> Response:
         name = request.params["file"]
@@ -394,11 +406,48 @@ def _html(text: str, status: int = 200) -> Response:
     return Response(status, text.encode(), "text/html; charset=utf-8", policy)
 
 
+def _accepts_gzip(header: str) -> bool:
+    """True if `Accept-Encoding` lists gzip (or *) without q=0."""
+    for item in header.split(","):
+        coding, _, params = item.strip().partition(";")
+        if coding.strip().lower() in ("gzip", "*"):
+            q = params.strip().removeprefix("q=").strip() if params.strip().startswith("q=") else "1"
+            try:
+                return float(q) > 0
+            except ValueError:
+                return False
+    return False
+
+
 def _run_id(request: Request) -> int:
     raw = request.params["run_id"]
     if not raw.isdigit() or len(raw) > 18:
         raise HttpError(400, f"run id must be a whole number, got {raw[:40]!r}")
     return int(raw)
+
+
+def _schedule_change(body: dict[str, Any]) -> dict[str, Any]:
+    """One of the document's three shapes: {interval}, {cron[, timezone]} or {clear: true}.
+
+    Raises HttpError(400) naming what is wrong; the values are checked by set_schedule.
+    """
+    unknown = sorted(set(body) - {"interval", "cron", "timezone", "clear"})
+    if unknown:
+        raise HttpError(400, f"unknown fields: {', '.join(unknown)} (use interval, cron, timezone or clear)")
+    for name in ("cron", "timezone"):
+        if name in body and not isinstance(body[name], str):
+            raise HttpError(400, f"{name} must be a string")
+    interval = body.get("interval")
+    if "interval" in body and (isinstance(interval, bool) or not isinstance(interval, str | int | float)):
+        raise HttpError(400, "interval must be seconds or text like '5m'")
+    if "clear" in body and body["clear"] is not True:
+        raise HttpError(400, "clear must be true (leave it out to set a schedule)")
+    shapes = [name for name in ("interval", "cron", "clear") if name in body]
+    if len(shapes) != 1:
+        raise HttpError(400, "give exactly one of interval, cron (with an optional timezone) or clear: true")
+    if "timezone" in body and shapes != ["cron"]:
+        raise HttpError(400, "timezone applies to a cron schedule only")
+    return body
 
 
 def _no_fields(body: dict[str, Any]) -> None:

@@ -20,10 +20,10 @@ from zoneinfo import ZoneInfo
 
 from scheduler.errors import JobDefinitionError, SchedulerError
 from scheduler.jobs.schedules import CronSchedule, parse_interval
+from scheduler.operator import RUN_STATUSES
 from scheduler.store import AuditEntry, InstanceRow, JobRow, RunRow, Store
 from scheduler.store.cluster import LEADER
 
-RUN_STATUSES = ("queued", "running", "succeeded", "failed", "timed_out", "skipped", "missed", "abandoned")
 MAX_LIMIT = 1000
 MAX_SLOTS = 100
 MIN_INTERVAL = timedelta(seconds=1)  # an override below this would spin the dispatcher

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from scheduler.store.cluster import ClusterRepository, InstanceRow, LeaseRow
 from scheduler.store.db import Database
-from scheduler.store.history import RunRow
+from scheduler.store.history import RunBrief, RunRow
 from scheduler.store.incidents import IncidentRepository
 from scheduler.store.jobs import AuditEntry, JobRepository, JobRow
 from scheduler.store.outbox import OutboxRepository
@@ -26,6 +26,7 @@ __all__ = [
     "LeaseRow",
     "Outcome",
     "Owner",
+    "RunBrief",
     "RunRow",
     "Store",
 ]

@@ -17,10 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from sqlalchemy import event, exc
 
 from scheduler import writable
@@ -30,6 +26,7 @@ from scheduler.errors import StoreError, StoreUnavailable
 log = logging.getLogger(__name__)
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+_VERSION_TABLE = "alembic_version"
 _MIGRATION_LOCK = 7_210_425  # pg_advisory_xact_lock key: one migrator at a time
 
 
@@ -141,20 +138,34 @@ class Database:
 
     # -- migrations ---------------------------------------------------------
 
+    # Alembic is imported by the methods that need it: the operator's read commands open
+    # the store and check current_revision() without loading it.
+
     def head_revision(self) -> str:
+        from alembic.script import ScriptDirectory
+
         head = ScriptDirectory(str(MIGRATIONS)).get_current_head()
         assert head is not None
         return head
 
     def current_revision(self) -> str | None:
+        """The schema revision in the database (Alembic's version table); None if unmigrated."""
         with self.read() as conn:
-            return MigrationContext.configure(conn).get_current_revision()
+            if not sa.inspect(conn).has_table(_VERSION_TABLE):
+                return None
+            rows = conn.execute(sa.text(f"SELECT version_num FROM {_VERSION_TABLE}")).scalars().all()
+        return str(rows[0]) if rows else None
 
     def upgrade(self) -> None:
         """Create or upgrade the schema to this code's head.
 
         Raises StoreError when the database was written by newer code.
         """
+        from alembic import command
+        from alembic.config import Config
+        from alembic.runtime.migration import MigrationContext
+        from alembic.script import ScriptDirectory
+
         script = ScriptDirectory(str(MIGRATIONS))
         with self.write() as conn:
             if conn.dialect.name == "postgresql":

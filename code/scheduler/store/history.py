@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -52,6 +53,50 @@ class RunRow:
         return cls(**{name: m[name] for name in cls.__dataclass_fields__})
 
 
+@dataclass(frozen=True)
+class RunBrief:
+    """A run without its log and error text: what a status strip or a duration chart needs."""
+
+    id: int
+    job: str
+    scheduled_for: datetime
+    trigger: str
+    status: str
+    started_at: datetime | None
+    finished_at: datetime | None
+
+    @property
+    def duration_seconds(self) -> float | None:
+        if self.started_at is None or self.finished_at is None:
+            return None
+        return (self.finished_at - self.started_at).total_seconds()
+
+
+_BRIEF = (
+    runs.c.id,
+    runs.c.job,
+    runs.c.scheduled_for,
+    runs.c.trigger,
+    runs.c.status,
+    runs.c.started_at,
+    runs.c.finished_at,
+)
+
+
+def _brief(row: Any) -> RunBrief:
+    m = row._mapping
+    started, finished = m["started_at"], m["finished_at"]
+    return RunBrief(
+        m["id"],
+        m["job"],
+        _aware(m["scheduled_for"]),
+        m["trigger"],
+        m["status"],
+        _aware(started) if started else None,
+        _aware(finished) if finished else None,
+    )
+
+
 class RunReads:
     """The read side of the runs table; `RunRepository` adds the writes."""
 
@@ -90,6 +135,39 @@ class RunReads:
         with self.db.read() as conn:
             rows = conn.execute(sa.select(runs).join(latest, runs.c.id == latest.c.id))
             return {r.job: RunRow.from_row(r) for r in rows}
+
+    def latest_briefs(self) -> dict[str, RunBrief]:
+        """Each job's most recent run (highest id), without log or error text."""
+        latest = sa.select(sa.func.max(runs.c.id).label("id")).group_by(runs.c.job).subquery()
+        with self.db.read() as conn:
+            rows = conn.execute(sa.select(*_BRIEF).join(latest, runs.c.id == latest.c.id))
+            return {r.job: _brief(r) for r in rows}
+
+    def recent_per_job(self, jobs: Sequence[str], per_job: int) -> dict[str, list[RunBrief]]:
+        """The newest `per_job` runs of each of `jobs` (newest slot first, as `history`)."""
+        if not jobs:
+            return {}
+        order = (runs.c.scheduled_for.desc(), runs.c.id.desc())
+        rank = sa.func.row_number().over(partition_by=runs.c.job, order_by=order).label("rank")
+        ranked = sa.select(*_BRIEF, rank).where(runs.c.job.in_(list(jobs))).subquery()
+        query = sa.select(ranked).where(ranked.c.rank <= per_job).order_by(ranked.c.job, ranked.c.rank)
+        found: dict[str, list[RunBrief]] = {job: [] for job in jobs}
+        with self.db.read() as conn:
+            for row in conn.execute(query):
+                found[row.job].append(_brief(row))
+        return found
+
+    def finish_times(self) -> dict[str, tuple[datetime | None, datetime | None]]:
+        """Per job: when its latest run ended, and when its latest successful run ended."""
+        succeeded = sa.case((runs.c.status == "succeeded", runs.c.finished_at))
+        query = sa.select(runs.c.job, sa.func.max(runs.c.finished_at), sa.func.max(succeeded)).group_by(
+            runs.c.job
+        )
+        with self.db.read() as conn:
+            return {
+                job: (_aware(last) if last else None, _aware(ok) if ok else None)
+                for job, last, ok in conn.execute(query)
+            }
 
     def count_by_status(self) -> dict[tuple[str, str], int]:
         with self.db.read() as conn:

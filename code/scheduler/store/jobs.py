@@ -131,6 +131,10 @@ class JobRepository:
         with self.db.read() as conn:
             return [JobRow.from_row(r) for r in conn.execute(sa.select(jobs).order_by(jobs.c.name))]
 
+    def count(self) -> int:
+        with self.db.read() as conn:
+            return int(conn.execute(sa.select(sa.func.count()).select_from(jobs)).scalar_one())
+
     def get(self, name: str) -> JobRow:
         """Raises NotFoundError naming the job."""
         with self.db.read() as conn:

@@ -86,6 +86,21 @@
       showTokenState();
     });
   }
+  // The jobs filter: a new state or sort applies at once, typed text after a pause.
+  var filters = document.getElementById("filter-form");
+  if (filters) {
+    var typing = null;
+    ["filter-state", "filter-sort"].forEach(function (id) {
+      document.getElementById(id).addEventListener("change", function () { filters.submit(); });
+    });
+    var text = document.getElementById("filter-text");
+    if (text.value) { text.focus(); text.setSelectionRange(text.value.length, text.value.length); }
+    text.addEventListener("input", function () {
+      clearTimeout(typing);
+      typing = setTimeout(function () { filters.submit(); }, 600);
+    });
+  }
+
   showTokenState();
   if (document.getElementById("live")) {
     setInterval(function () { if (document.visibilityState === "visible") { refresh(); } }, REFRESH_MS);

@@ -1,8 +1,10 @@
-"""Server-rendered dashboard pages, from the same dicts the JSON API returns.
+"""The dashboard's front page, server-rendered from the read model and the jobs listing.
 
-Every value is escaped here; the page loads only /static/dashboard.css and
-/static/dashboard.js from this server (no external assets), and the script
-swaps in a freshly rendered `#live` section every few seconds.
+The page loads only /static/dashboard.css and /static/dashboard.js from this
+server (no external assets), and the script swaps in a freshly rendered
+`#live` section every few seconds. The jobs list is filtered, sorted and paged
+on the server (query parameters q, state, sort, page), so the page stays small
+at 10,000 jobs.
 """
 
 from __future__ import annotations
@@ -10,24 +12,31 @@ from __future__ import annotations
 from datetime import datetime
 from html import escape
 from typing import Any
+from urllib.parse import urlencode
+from zoneinfo import ZoneInfo
 
 from scheduler.cluster.health import HealthReport
-
-STATUS_CLASS = {
-    "succeeded": "ok",
-    "running": "info",
-    "queued": "info",
-    "failed": "bad",
-    "timed_out": "bad",
-    "abandoned": "bad",
-    "skipped": "warn",
-    "missed": "warn",
-}
+from scheduler.operator.web.html import (
+    ago,
+    badge,
+    duration,
+    job_href,
+    layout,
+    scroll,
+    section,
+    short,
+    state_badge,
+    strip,
+    until,
+    utc,
+)
+from scheduler.operator.web.listing import PAGE_SIZE, JobLine, Listing
+from scheduler.operator.web.openapi import JOB_SORTS, JOB_STATES
 
 
 def render_page(
     *,
-    jobs: list[dict[str, Any]],
+    listing: Listing,
     runs: list[dict[str, Any]],
     instances: list[dict[str, Any]],
     alerts: list[dict[str, Any]] | str,
@@ -39,114 +48,161 @@ def render_page(
     state = "healthy" if health.ok else health.reason
     summary = (
         f'<p class="summary"><span class="badge {"ok" if health.ok else "bad"}">{escape(state)}</span> '
-        f"{len(jobs)} jobs · {running} running · updated {_utc(now.isoformat())}</p>"
+        f"{listing.total} jobs · {running} running · updated {utc(now)}</p>"
     )
     live = "".join(
         [
             summary,
-            _section("Open incidents", _alerts(alerts, now)),
-            _section("Jobs", _jobs(jobs, now, writable)),
-            _section("Recent runs", _runs(runs, now)),
-            _section("Instances", _instances(instances, now)),
+            section("Open incidents", _alerts(alerts, now)),
+            section("Jobs", _jobs(listing, now, writable)),
+            section("Recent runs", _runs(runs)),
+            section("Instances", _instances(instances, now)),
         ]
     )
-    return _layout("Dashboard", _token_bar(writable) + f'<div id="live">{live}</div>')
+    return layout("Dashboard", token_bar(writable) + _filter_form(listing) + f'<div id="live">{live}</div>')
 
 
 def render_unavailable(reason: str, now: datetime) -> str:
     """The page while the database does not answer; the script keeps retrying."""
     live = (
-        f'<p class="summary"><span class="badge bad">{escape(reason)}</span> '
-        f"updated {_utc(now.isoformat())}; retrying</p>"
+        f'<p class="summary"><span class="badge bad">{escape(reason)}</span> updated {utc(now)}; retrying</p>'
     )
-    return _layout("Dashboard", f'<div id="live">{live}</div>')
+    return layout("Dashboard", f'<div id="live">{live}</div>')
 
 
-def render_run(run: dict[str, Any], now: datetime) -> str:
-    rows = [
-        ("Job", escape(run["job"])),
-        ("Status", _badge(run["status"])),
-        ("Slot", _utc(run["scheduled_for"])),
-        ("Trigger", escape(run["trigger"])),
-        ("Attempt", str(run["attempt"])),
-        ("Started", _utc(run["started_at"])),
-        ("Finished", _utc(run["finished_at"])),
-        ("Duration", _duration(run["duration_seconds"])),
-        ("Lateness", _duration(run["lateness_seconds"])),
-        ("Instance", escape(f"{run['instance'] or '-'} on {run['host'] or '-'} (pid {run['pid'] or '-'})")),
-    ]
-    facts = "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in rows)
-    body = f'<p><a href="/">← all jobs</a></p><table class="facts">{facts}</table>'
-    if run["error_type"]:
-        body += _section(
-            "Error", f'<p class="error">{escape(run["error_type"])}: {escape(run["error_message"] or "")}</p>'
-        )
-        if run["error_traceback"]:
-            body += f'<pre class="log">{escape(run["error_traceback"])}</pre>'
-    note = " (truncated)" if run["log_truncated"] else ""
-    log = escape(run["log"] or "(nothing captured)")
-    body += _section(f"Log{note}", f'<pre class="log" id="run-log">{log}</pre>')
-    return _layout(f"Run {run['id']} of {run['job']}", body)
+# -- the jobs list --------------------------------------------------------------
 
 
-# -- sections -------------------------------------------------------------------
+def _filter_form(listing: Listing) -> str:
+    wanted = listing.filter
+    states = "".join(
+        f'<option value="{s}"{" selected" if s == wanted.state else ""}>{s.replace("-", " ")}</option>'
+        for s in JOB_STATES
+    )
+    sorts = "".join(
+        f'<option value="{s}"{" selected" if s == wanted.sort else ""}>by {s}</option>' for s in JOB_SORTS
+    )
+    return (
+        '<form class="filters" id="filter-form" method="get" action="/" role="search">'
+        f'<input type="search" name="q" id="filter-text" value="{escape(wanted.text)}"'
+        ' placeholder="filter jobs by name" aria-label="filter jobs by name">'
+        f'<select name="state" id="filter-state" aria-label="state"><option value="">any state</option>'
+        f"{states}</select>"
+        f'<select name="sort" id="filter-sort" aria-label="sort">{sorts}</select>'
+        '<button type="submit" class="secondary">Filter</button></form>'
+    )
 
 
-def _jobs(jobs: list[dict[str, Any]], now: datetime, writable: bool) -> str:
-    if not jobs:
+def _jobs(listing: Listing, now: datetime, writable: bool) -> str:
+    if listing.total == 0:
         return '<p class="muted">No jobs yet: start a daemon with job modules.</p>'
-    head = "<tr><th>Job</th><th>Schedule</th><th>State</th><th>Next run</th><th>Last run</th><th></th></tr>"
-    rows = []
-    for job in jobs:
-        state = "disabled" if not job["enabled"] else "paused" if job["paused"] else "active"
-        last = job["last_run"]
-        last_cell = (
-            f'<a href="/runs/{last["id"]}">{_badge(last["status"])}</a> '
-            f'<span class="muted">{_ago(last["scheduled_for"], now)}</span>'
-            if last
-            else '<span class="muted">never</span>'
-        )
-        name = escape(job["name"])
-        toggle = "resume" if job["paused"] else "pause"
-        disabled = "" if writable and job["enabled"] else " disabled"
-        run_disabled = "" if writable and state == "active" else " disabled"
-        actions = (
-            f'<button data-action="trigger" data-job="{name}"{run_disabled}>Run now</button> '
-            f'<button data-action="{toggle}" data-job="{name}" class="secondary"{disabled}>'
-            f"{toggle.title()}</button>"
-        )
-        rows.append(
-            f'<tr data-job="{name}"><td class="name">{name}</td><td>{escape(job["schedule"])}</td>'
-            f'<td><span class="badge {_state_class(state)}">{state}</span></td>'
-            f'<td>{_next(job, now)}</td><td>{last_cell}</td><td class="actions">{actions}</td></tr>'
-        )
-    return f'<table id="jobs">{head}{"".join(rows)}</table>'
+    if not listing.lines:
+        return f'<p class="muted" id="no-match">No job matches ({listing.total} jobs in all).</p>'
+    head = (
+        "<thead><tr><th>Job</th><th>Schedule</th><th>State</th><th>Recent runs</th><th>Next run</th>"
+        "<th>Last run</th><th></th></tr></thead>"
+    )
+    rows = "".join(_job_row(line, now, writable) for line in listing.lines)
+    table = f'<table id="jobs" class="cards">{head}<tbody>{rows}</tbody></table>'
+    return scroll(table) + _pager(listing)
 
 
-def _runs(runs: list[dict[str, Any]], now: datetime) -> str:
+def _job_row(line: JobLine, now: datetime, writable: bool) -> str:
+    name = escape(line.name)
+    last = line.last
+    last_cell = (
+        f'<a href="/runs/{last.id}">{badge(last.status)}</a> '
+        f'<span class="muted">{ago(last.scheduled_for, now)}</span>'
+        if last
+        else '<span class="muted">never</span>'
+    )
+    return (
+        f'<tr data-job="{name}" data-state="{line.state}">'
+        f'<td class="name" data-label="Job"><a href="{job_href(line.name)}">{name}</a></td>'
+        f'<td data-label="Schedule">{escape(line.schedule)}</td>'
+        f'<td data-label="State">{state_badge(line.state)}</td>'
+        f'<td data-label="Recent runs">{strip(line.strip, size="mini")}</td>'
+        f'<td data-label="Next run">{_next(line, now)}</td><td data-label="Last run">{last_cell}</td>'
+        f'<td class="actions">{action_buttons(line.name, line.paused, line.enabled, writable)}</td></tr>'
+    )
+
+
+def action_buttons(name: str, paused: bool, enabled: bool, writable: bool) -> str:
+    job = escape(name)
+    toggle = "resume" if paused else "pause"
+    disabled = "" if writable and enabled else " disabled"
+    run_disabled = "" if writable and enabled and not paused else " disabled"
+    return (
+        f'<button data-action="trigger" data-job="{job}"{run_disabled}>Run now</button> '
+        f'<button data-action="{toggle}" data-job="{job}" class="secondary"{disabled}>'
+        f"{toggle.title()}</button>"
+    )
+
+
+def _next(line: JobLine, now: datetime) -> str:
+    if line.next_at is None:
+        return '<span class="muted">-</span>'
+    local = line.next_at.astimezone(ZoneInfo(line.zone))
+    due = ' <span class="badge warn">due</span>' if line.next_at <= now else ""
+    return (
+        f'<span title="{utc(line.next_at)}">{local:%Y-%m-%d %H:%M} {escape(local.tzname() or "")}</span>'
+        f' <span class="muted">{until(line.next_at, now)}</span>{due}'
+    )
+
+
+def _pager(listing: Listing) -> str:
+    wanted = listing.filter
+    first = (listing.page - 1) * PAGE_SIZE + 1 if listing.lines else 0
+    shown = f"{first}-{first + len(listing.lines) - 1} of {listing.matched}"
+    if listing.matched != listing.total:
+        shown += f" matching ({listing.total} in all)"
+
+    def link(page: int, text: str, rel: str) -> str:
+        sort = "" if wanted.sort == "name" else wanted.sort  # the default stays out of the link
+        query = {"q": wanted.text, "state": wanted.state, "sort": sort, "page": page}
+        href = "/?" + urlencode({k: v for k, v in query.items() if v})
+        return f'<a href="{escape(href)}" rel="{rel}" id="page-{rel}">{text}</a>'
+
+    links = []
+    if listing.page > 1:
+        links.append(link(listing.page - 1, "← previous", "prev"))
+    if listing.page < listing.pages:
+        links.append(link(listing.page + 1, "next →", "next"))
+    pages = f"page {listing.page} of {listing.pages}"
+    return f'<p class="pager muted" id="pager">{shown} · {pages} {" ".join(links)}</p>'
+
+
+# -- the other sections ---------------------------------------------------------------
+
+
+def _runs(runs: list[dict[str, Any]]) -> str:
     if not runs:
         return '<p class="muted">No runs yet.</p>'
     head = (
-        "<tr><th>Run</th><th>Job</th><th>Slot (UTC)</th><th>Trigger</th><th>Status</th>"
-        "<th>Duration</th><th>Error</th></tr>"
+        "<thead><tr><th>Run</th><th>Job</th><th>Slot (UTC)</th><th>Trigger</th><th>Status</th>"
+        "<th>Duration</th><th>Error</th></tr></thead>"
     )
     rows = []
     for run in runs:
         message = f"{run['error_type']}: {run['error_message'] or ''}" if run["error_type"] else ""
         rows.append(
             f'<tr data-run="{run["id"]}" data-job="{escape(run["job"])}"><td><a href="/runs/{run["id"]}">'
-            f"#{run['id']}</a></td><td>{escape(run['job'])}</td><td>{_utc(run['scheduled_for'])}</td>"
-            f"<td>{escape(run['trigger'])}</td><td>{_badge(run['status'])}</td>"
-            f"<td>{_duration(run['duration_seconds'])}</td>"
-            f'<td class="error" title="{escape(message)}">{escape(_short(message, 80))}</td></tr>'
+            f'#{run["id"]}</a></td><td><a href="{job_href(run["job"])}">{escape(run["job"])}</a></td>'
+            f"<td>{utc(run['scheduled_for'])}</td>"
+            f"<td>{escape(run['trigger'])}</td><td>{badge(run['status'])}</td>"
+            f"<td>{duration(run['duration_seconds'])}</td>"
+            f'<td class="error" title="{escape(message)}">{escape(short(message, 80))}</td></tr>'
         )
-    return f'<table id="runs">{head}{"".join(rows)}</table>'
+    return scroll(f'<table id="runs">{head}<tbody>{"".join(rows)}</tbody></table>')
 
 
 def _instances(instances: list[dict[str, Any]], now: datetime) -> str:
     if not instances:
         return '<p class="muted">No instance has run against this database.</p>'
-    head = "<tr><th>Instance</th><th>Host</th><th>PID</th><th>Status</th><th>Heartbeat</th><th>Jobs</th></tr>"
+    head = (
+        "<thead><tr><th>Instance</th><th>Host</th><th>PID</th><th>Status</th><th>Heartbeat</th>"
+        "<th>Jobs</th></tr></thead>"
+    )
     rows = []
     for inst in instances:
         leader = ' <span class="badge info">leader</span>' if inst["leader"] else ""
@@ -157,26 +213,31 @@ def _instances(instances: list[dict[str, Any]], now: datetime) -> str:
         rows.append(
             f"<tr><td>{escape(inst['id'])}{leader}</td><td>{escape(inst['host'])}</td><td>{inst['pid']}</td>"
             f'<td><span class="badge {cls}">{escape(inst["status"])}</span></td>'
-            f"<td>{_ago(inst['heartbeat_at'], now)}</td><td>{len(inst['jobs'])}{problems}</td></tr>"
+            f"<td>{ago(inst['heartbeat_at'], now)}</td><td>{len(inst['jobs'])}{problems}</td></tr>"
         )
-    return f'<table id="instances">{head}{"".join(rows)}</table>'
+    return scroll(f'<table id="instances">{head}<tbody>{"".join(rows)}</tbody></table>')
 
 
-def _alerts(alerts: list[dict[str, Any]] | str, now: datetime) -> str:
+def alerts_list(alerts: list[dict[str, Any]] | str, now: datetime, element_id: str = "alerts") -> str:
     if isinstance(alerts, str):
         return f'<p class="muted">{escape(alerts)}</p>'
     if not alerts:
         return '<p class="muted">None. All quiet.</p>'
     items = "".join(
-        f'<li><span class="badge bad">{escape(str(a.get("kind", "")))}</span> '
-        f"<strong>{escape(str(a.get('subject', '')))}</strong>: {escape(str(a.get('summary', '')))} "
-        f'<span class="muted">opened {_ago(a.get("opened_at"), now)}</span></li>'
+        f'<li><span class="badge {"muted" if a.get("closed_at") else "bad"}">{escape(str(a.get("kind", "")))}'
+        f"</span> <strong>{escape(str(a.get('subject', '')))}</strong>: {escape(str(a.get('summary', '')))} "
+        f'<span class="muted">opened {ago(a.get("opened_at"), now)}'
+        f"{'; closed ' + ago(a.get('closed_at'), now) if a.get('closed_at') else ''}</span></li>"
         for a in alerts
     )
-    return f'<ul id="alerts" class="alerts">{items}</ul>'
+    return f'<ul id="{element_id}" class="alerts">{items}</ul>'
 
 
-def _token_bar(writable: bool) -> str:
+def _alerts(alerts: list[dict[str, Any]] | str, now: datetime) -> str:
+    return alerts_list(alerts, now)
+
+
+def token_bar(writable: bool) -> str:
     if not writable:
         return (
             '<div class="tokenbar"><span class="muted">Read-only: the daemon has no API token '
@@ -186,87 +247,8 @@ def _token_bar(writable: bool) -> str:
         '<form class="tokenbar" id="token-form" autocomplete="off">'
         '<label for="token">API token</label>'
         '<input type="password" id="token" placeholder="paste SCHEDULER_API_TOKEN">'
-        '<button type="submit" id="token-save">Use token</button>'
-        '<button type="button" id="token-forget" class="secondary">Forget</button>'
+        '<span class="tokenbuttons"><button type="submit" id="token-save">Use token</button>'
+        '<button type="button" id="token-forget" class="secondary">Forget</button></span>'
         '<span id="token-state" class="muted"></span></form>'
         '<div id="flash" role="status"></div>'
     )
-
-
-# -- pieces -----------------------------------------------------------------------
-
-
-def _layout(title: str, body: str) -> str:
-    return (
-        '<!doctype html><html lang="en"><head><meta charset="utf-8">'
-        '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>{escape(title)}</title>"
-        '<link rel="icon" href="data:,"><link rel="stylesheet" href="/static/dashboard.css"></head>'
-        f'<body><header><h1><a href="/">scheduler</a></h1><span class="muted">{escape(title)}</span></header>'
-        f'<main>{body}</main><script src="/static/dashboard.js"></script></body></html>'
-    )
-
-
-def _section(title: str, content: str) -> str:
-    return f"<section><h2>{escape(title)}</h2>{content}</section>"
-
-
-def _next(job: dict[str, Any], now: datetime) -> str:
-    slot = job["next_run"]
-    if slot is None:
-        return '<span class="muted">-</span>'
-    local = datetime.fromisoformat(slot["local"])
-    due = ' <span class="badge warn">due</span>' if job["due"] else ""
-    return (
-        f'<span title="{_utc(slot["at"])}">{local:%Y-%m-%d %H:%M:%S} '
-        f"{escape(slot['abbreviation'] or '')}</span>"
-        f' <span class="muted">{_until(slot["at"], now)}</span>{due}'
-    )
-
-
-def _badge(status: str) -> str:
-    return f'<span class="badge {STATUS_CLASS.get(status, "muted")}">{escape(status)}</span>'
-
-
-def _state_class(state: str) -> str:
-    return {"active": "ok", "paused": "warn"}.get(state, "muted")
-
-
-def _utc(text: str | None) -> str:
-    return "-" if not text else f"{datetime.fromisoformat(text):%Y-%m-%d %H:%M:%S}Z"
-
-
-def _span(seconds: float) -> str:
-    whole = int(abs(seconds))
-    if whole >= 86400:
-        return f"{whole // 86400}d {whole % 86400 // 3600}h"
-    if whole >= 3600:
-        return f"{whole // 3600}h {whole % 3600 // 60}m"
-    if whole >= 60:
-        return f"{whole // 60}m {whole % 60}s"
-    return f"{whole}s"
-
-
-def _until(text: str, now: datetime) -> str:
-    delta = (datetime.fromisoformat(text) - now).total_seconds()
-    return f"in {_span(delta)}" if delta >= 0 else f"{_span(delta)} ago"
-
-
-def _ago(text: str | None, now: datetime) -> str:
-    if not text:
-        return "-"
-    delta = (now - datetime.fromisoformat(text)).total_seconds()
-    return f"{_span(delta)} ago" if delta >= 0 else f"in {_span(delta)}"
-
-
-def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    return (
-        f"{seconds * 1000:.0f} ms" if seconds < 1 else _span(seconds) if seconds >= 60 else f"{seconds:.1f} s"
-    )
-
-
-def _short(text: str, width: int) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= width else text[: width - 1] + "…"

@@ -1,7 +1,8 @@
-"""The OpenAPI 3.1 document of the JSON API, served at /api/openapi.json.
+"""The OpenAPI 3.1 document of the HTTP API, served at /api/openapi.json.
 
 The shapes are those of `scheduler.operator.queries`; a test checks that every route of
-`api.Api` is described here and nothing else.
+`http.Api` (JSON, dashboard pages, static files, /metrics) is described here and nothing
+else, and a schemathesis run checks the server against it.
 """
 
 from __future__ import annotations
@@ -9,15 +10,10 @@ from __future__ import annotations
 from typing import Any
 
 from scheduler import __version__
+from scheduler.operator.web.schemas import STATUSES, ref, schemas
 
-STATUSES = ["queued", "running", "succeeded", "failed", "timed_out", "skipped", "missed", "abandoned"]
-NULL_STRING = {"type": ["string", "null"]}
-NULL_TIME = {"type": ["string", "null"], "format": "date-time"}
-NULL_NUMBER = {"type": ["number", "null"]}
-
-
-def _ref(name: str) -> dict[str, str]:
-    return {"$ref": f"#/components/schemas/{name}"}
+JOB_STATES = ("failing", "late", "paused", "never-run", "skipping", "active", "disabled")
+JOB_SORTS = ("name", "next", "last", "status")
 
 
 def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
@@ -25,7 +21,7 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
 
 
 ERRORS = {
-    400: "Invalid parameter or payload",
+    400: "Invalid parameter or payload (a path that is not UTF-8, such as %FF, included)",
     401: "Missing or wrong bearer token",
     403: "Writes are disabled (no API token configured)",
     404: "No such job or run",
@@ -36,7 +32,7 @@ ERRORS = {
 
 
 def _errors(*codes: int) -> dict[str, Any]:
-    return {str(c): _json(_ref("Error"), ERRORS[c]) for c in codes}
+    return {str(c): _json(ref("Error"), ERRORS[c]) for c in codes}
 
 
 def _op(summary: str, ok: dict[str, Any], *codes: int, write: bool = False, **extra: Any) -> dict[str, Any]:
@@ -49,176 +45,16 @@ def _op(summary: str, ok: dict[str, Any], *codes: int, write: bool = False, **ex
 
 
 JOB_NAME = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
-RUN_ID = {"name": "run_id", "in": "path", "required": True, "schema": {"type": "integer", "minimum": 0}}
+RUN_ID = {
+    "name": "run_id",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "integer", "minimum": 0, "maximum": 10**18 - 1},  # at most 18 digits
+}
 
 
 def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
     return {"name": name, "in": "query", "required": False, "schema": schema, "description": description}
-
-
-def _strict(**properties: Any) -> dict[str, Any]:
-    """An object with exactly these properties, all present."""
-    return {
-        "type": "object",
-        "properties": properties,
-        "required": list(properties),
-        "additionalProperties": False,
-    }
-
-
-def _schemas() -> dict[str, Any]:
-    slot = {
-        "type": "object",
-        "properties": {
-            "at": {"type": "string", "format": "date-time", "description": "UTC"},
-            "local": {
-                "type": "string",
-                "format": "date-time",
-                "description": "in the job's zone, with offset",
-            },
-            "zone": {"type": "string"},
-            "abbreviation": NULL_STRING,
-        },
-        "required": ["at", "local", "zone"],
-    }
-    run_fields = {
-        "id": {"type": "integer"},
-        "job": {"type": "string"},
-        "scheduled_for": {"type": "string", "format": "date-time"},
-        "trigger": {"enum": ["schedule", "catchup", "manual"]},
-        "status": {"enum": STATUSES},
-        "attempt": {"type": "integer"},
-        "instance": NULL_STRING,
-        "host": NULL_STRING,
-        "pid": {"type": ["integer", "null"]},
-        "started_at": NULL_TIME,
-        "finished_at": NULL_TIME,
-        "duration_seconds": NULL_NUMBER,
-        "lateness_seconds": NULL_NUMBER,
-        "error_type": NULL_STRING,
-        "error_message": NULL_STRING,
-    }
-    run = {"type": "object", "properties": run_fields, "required": list(run_fields)}
-    run_detail = {
-        "allOf": [
-            _ref("Run"),
-            {
-                "type": "object",
-                "properties": {
-                    "log": NULL_STRING,
-                    "log_truncated": {"type": "boolean"},
-                    "error_traceback": NULL_STRING,
-                },
-                "required": ["log", "log_truncated", "error_traceback"],
-            },
-        ]
-    }
-    job_fields = {
-        "name": {"type": "string"},
-        "schedule": {"type": "string", "description": "the effective schedule, e.g. 'every 5m'"},
-        "code_schedule": {"type": "string"},
-        "overridden": {"type": "boolean"},
-        "timezone": {"type": "string"},
-        "enabled": {"type": "boolean"},
-        "paused": {"type": "boolean"},
-        "next_run": {"oneOf": [_ref("Slot"), {"type": "null"}]},
-        "due": {"type": "boolean"},
-        "last_run": {"oneOf": [_ref("Run"), {"type": "null"}]},
-        "last_status": NULL_STRING,
-        "changed_by": NULL_STRING,
-        "changed_at": NULL_TIME,
-        "loaded_at": NULL_TIME,
-    }
-    job = {"type": "object", "properties": job_fields, "required": list(job_fields)}
-    job_detail = {
-        "allOf": [
-            _ref("Job"),
-            {
-                "type": "object",
-                "properties": {
-                    "definition": {"type": "object"},
-                    "override": {"type": "object"},
-                    "recent_runs": {"type": "array", "items": _ref("Run")},
-                },
-                "required": ["definition", "override", "recent_runs"],
-            },
-        ]
-    }
-    return {
-        "Error": {"type": "object", "properties": {"error": {"type": "string"}}, "required": ["error"]},
-        "Slot": slot,
-        "Run": run,
-        "RunDetail": run_detail,
-        "Job": job,
-        "JobDetail": job_detail,
-        "Instance": _strict(
-            id={"type": "string"},
-            host={"type": "string"},
-            pid={"type": "integer"},
-            version={"type": "string"},
-            status={"enum": ["alive", "stopped", "dead"]},
-            leader={"type": "boolean"},
-            started_at={"type": "string", "format": "date-time"},
-            heartbeat_at={"type": "string", "format": "date-time"},
-            expires_at={"type": "string", "format": "date-time"},
-            stopped_at=NULL_TIME,
-            jobs={"type": "array", "items": {"type": "string"}},
-            problems={"type": "array", "items": {"type": "object"}},
-        ),
-        "Incident": {
-            "type": "object",
-            "properties": {
-                "id": {"type": "integer"},
-                "subject": {"type": "string"},
-                "kind": {"type": "string"},
-                "opened_at": {"type": "string", "format": "date-time"},
-                "closed_at": NULL_TIME,
-                "summary": {"type": "string"},
-                "details": {"type": "object"},
-            },
-            "required": ["id", "subject", "kind", "opened_at", "closed_at", "summary"],
-        },
-        "AuditEntry": _strict(
-            at={"type": "string", "format": "date-time"},
-            actor={"type": "string", "description": "user@host (CLI) or api:<address>"},
-            action={"enum": ["pause", "resume", "set", "unset", "trigger"]},
-            job=NULL_STRING,
-            details={"type": "object"},
-        ),
-        "Slots": _strict(
-            job={"type": "string"},
-            schedule={"type": "string"},
-            timezone={"type": "string"},
-            paused={"type": "boolean"},
-            enabled={"type": "boolean"},
-            slots={"type": "array", "items": _ref("Slot")},
-        ),
-        "Queued": _strict(
-            job={"type": "string"},
-            run_id={"type": "integer"},
-            status={"const": "queued"},
-            instances={
-                "type": "array",
-                "items": {"type": "string"},
-                "description": "live instances loading it",
-            },
-        ),
-        "Health": {
-            "type": "object",
-            "properties": {"ok": {"type": "boolean"}, "reason": {"type": "string"}},
-            "required": ["ok", "reason"],
-        },
-        "ScheduleChange": {
-            "type": "object",
-            "additionalProperties": False,
-            "properties": {
-                "interval": {"type": ["string", "number"], "description": "seconds, or text like '5m'"},
-                "cron": {"type": "string"},
-                "timezone": {"type": "string", "description": "zone of a cron schedule (default UTC)"},
-                "clear": {"type": "boolean", "description": "true: back to the schedule in the code"},
-            },
-        },
-    }
 
 
 def _paths() -> dict[str, Any]:
@@ -231,23 +67,26 @@ def _paths() -> dict[str, Any]:
             "get": {
                 "summary": "200 while the dispatcher loop and the database are alive, else 503",
                 "responses": {
-                    "200": _json(_ref("Health"), "Alive"),
-                    "503": _json(_ref("Health"), "Not alive"),
+                    "200": _json(ref("Health"), "Alive"),
+                    "503": _json(ref("Health"), "Not alive"),
                 },
             }
         },
-        "/api/jobs": {"get": _op("List jobs", {"200": _json(array | {"items": _ref("Job")}, "Jobs")})},
+        "/api/jobs": {"get": _op("List jobs", {"200": _json(array | {"items": ref("Job")}, "Jobs")})},
         "/api/jobs/{name}": {
             "parameters": [JOB_NAME],
             "get": _op(
-                "One job, with its definition and recent runs", {"200": _json(_ref("JobDetail"), "Job")}, 404
+                "One job, with its definition and recent runs",
+                {"200": _json(ref("JobDetail"), "Job")},
+                400,
+                404,
             ),
         },
         "/api/jobs/{name}/next": {
             "parameters": [JOB_NAME],
             "get": _op(
                 "Upcoming slots from the effective schedule, in UTC and the job's zone",
-                {"200": _json(_ref("Slots"), "Slots")},
+                {"200": _json(ref("Slots"), "Slots")},
                 400,
                 404,
                 parameters=[
@@ -259,7 +98,7 @@ def _paths() -> dict[str, Any]:
             "parameters": [JOB_NAME],
             "post": _op(
                 "Queue one manual run; a live instance that loads the job runs it (skipped if busy)",
-                {"202": _json(_ref("Queued"), "Queued")},
+                {"202": _json(ref("Queued"), "Queued")},
                 400,
                 404,
                 409,
@@ -268,32 +107,32 @@ def _paths() -> dict[str, Any]:
         },
         "/api/jobs/{name}/pause": {
             "parameters": [JOB_NAME],
-            "post": _op("Pause a job", {"200": _json(_ref("Job"), "Paused")}, 400, 404, write=True),
+            "post": _op("Pause a job", {"200": _json(ref("Job"), "Paused")}, 400, 404, write=True),
         },
         "/api/jobs/{name}/resume": {
             "parameters": [JOB_NAME],
             "post": _op(
-                "Resume a job from now on", {"200": _json(_ref("Job"), "Resumed")}, 400, 404, write=True
+                "Resume a job from now on", {"200": _json(ref("Job"), "Resumed")}, 400, 404, write=True
             ),
         },
         "/api/jobs/{name}/schedule": {
             "parameters": [JOB_NAME],
             "put": _op(
                 "Override the schedule ({interval} or {cron, timezone}), or {clear: true}",
-                {"200": _json(_ref("Job"), "Changed")},
+                {"200": _json(ref("Job"), "Changed")},
                 400,
                 404,
                 write=True,
                 requestBody={
                     "required": True,
-                    "content": {"application/json": {"schema": _ref("ScheduleChange")}},
+                    "content": {"application/json": {"schema": ref("ScheduleChange")}},
                 },
             ),
         },
         "/api/runs": {
             "get": _op(
                 "Recent runs, newest slot first",
-                {"200": _json(array | {"items": _ref("Run")}, "Runs")},
+                {"200": _json(array | {"items": ref("Run")}, "Runs")},
                 400,
                 404,
                 parameters=[
@@ -306,19 +145,19 @@ def _paths() -> dict[str, Any]:
         "/api/runs/{run_id}": {
             "parameters": [RUN_ID],
             "get": _op(
-                "One run with its log and traceback", {"200": _json(_ref("RunDetail"), "Run")}, 400, 404
+                "One run with its log and traceback", {"200": _json(ref("RunDetail"), "Run")}, 400, 404
             ),
         },
         "/api/instances": {
             "get": _op(
                 "Daemon instances, newest first",
-                {"200": _json(array | {"items": _ref("Instance")}, "Instances")},
+                {"200": _json(array | {"items": ref("Instance")}, "Instances")},
             )
         },
         "/api/alerts": {
             "get": _op(
                 "Incidents from the watchdog (open ones unless all=true)",
-                {"200": _json(array | {"items": _ref("Incident")}, "Incidents")},
+                {"200": _json(array | {"items": ref("Incident")}, "Incidents")},
                 400,
                 409,
                 parameters=[_query("all", {"type": "boolean"}, "closed incidents too"), limit],
@@ -327,7 +166,7 @@ def _paths() -> dict[str, Any]:
         "/api/audit": {
             "get": _op(
                 "Operator changes, newest first",
-                {"200": _json(array | {"items": _ref("AuditEntry")}, "Entries")},
+                {"200": _json(array | {"items": ref("AuditEntry")}, "Entries")},
                 400,
                 parameters=[_query("job", {"type": "string"}, "only this job"), limit],
             )
@@ -336,6 +175,91 @@ def _paths() -> dict[str, Any]:
             "get": {
                 "summary": "This document",
                 "responses": {"200": _json({"type": "object"}, "OpenAPI 3.1")},
+            }
+        },
+        **_pages(),
+    }
+
+
+def _text(media: str, description: str) -> dict[str, Any]:
+    return {"description": description, "content": {media: {"schema": {"type": "string"}}}}
+
+
+HTML = "text/html"
+
+
+def _pages() -> dict[str, Any]:
+    """The dashboard's pages, its static files and /metrics: not JSON, but part of the contract."""
+    page_errors = {"503": _text(HTML, "The database is unavailable (the page says so and retries)")}
+    return {
+        "/": {
+            "get": {
+                "summary": "The dashboard: health, incidents, the jobs list, recent runs, instances",
+                "parameters": [
+                    _query("q", {"type": "string"}, "jobs whose name contains this"),
+                    _query("state", {"enum": ["", *JOB_STATES]}, "jobs in this state (empty: any)"),
+                    _query("sort", {"enum": list(JOB_SORTS)}, "order of the jobs list (default name)"),
+                    _query(
+                        "page",
+                        {"type": "integer", "minimum": 1, "maximum": 1_000_000},
+                        "page of the jobs list (default 1; past the last page shows the last)",
+                    ),
+                ],
+                "responses": {
+                    "200": _text(HTML, "The page"),
+                    **page_errors,
+                    "400": _json(ref("Error"), "Invalid parameter"),
+                },
+            }
+        },
+        "/jobs/{name}": {
+            "parameters": [JOB_NAME],
+            "get": {
+                "summary": "A job's page: schedule, next slots, last runs, durations, incidents, audit",
+                "responses": {
+                    "200": _text(HTML, "The page"),
+                    **_errors(400, 404),
+                    **page_errors,
+                },
+            },
+        },
+        "/runs/{run_id}": {
+            "parameters": [RUN_ID],
+            "get": {
+                "summary": "A run's page: its facts, error and log (live while it runs)",
+                "responses": {"200": _text(HTML, "The page"), **_errors(400, 404), **page_errors},
+            },
+        },
+        "/static/{file}": {
+            "parameters": [
+                {
+                    "name": "file",
+                    "in": "path",
+                    "required": True,
+                    "schema": {"enum": ["dashboard.css", "dashboard.js"]},
+                }
+            ],
+            "get": {
+                "summary": "The dashboard's stylesheet and script",
+                "responses": {
+                    "200": {
+                        "description": "The file",
+                        "content": {
+                            "text/css": {"schema": {"type": "string"}},
+                            "text/javascript": {"schema": {"type": "string"}},
+                        },
+                    },
+                    **_errors(400, 404),
+                },
+            },
+        },
+        "/metrics": {
+            "get": {
+                "summary": "Prometheus metrics (gzip when Accept-Encoding asks for it)",
+                "responses": {
+                    "200": _text("text/plain", "The Prometheus text exposition format"),
+                    "404": _json(ref("Error"), "Metrics are not enabled in this app"),
+                },
             }
         },
     }
@@ -351,7 +275,7 @@ def document() -> dict[str, Any]:
         },
         "paths": _paths(),
         "components": {
-            "schemas": _schemas(),
+            "schemas": schemas(),
             "securitySchemes": {
                 "bearer": {"type": "http", "scheme": "bearer", "description": "SCHEDULER_API_TOKEN"}
             },
