@@ -256,12 +256,18 @@ def write_jobs(
             f"_I = timedelta(microseconds={round(interval * 1_000_000)})",
             "",
         ]
-        for i in range(start, min(count, start + JOBS_PER_FILE)):
-            name = names[i]
-            options = ["interval=_I", f'name="b.{name}"', f'overlap="{overlap}"']
-            if anchors is not None:
-                options.append(f'start_at=datetime.fromisoformat("{anchors[i].isoformat()}")')
-            lines += [f"@job({', '.join(options)})", f"def {name}(ctx):", BODIES[body], ""]
+        chunk = range(start, min(count, start + JOBS_PER_FILE))
+        starts = [anchors[i].isoformat() for i in chunk] if anchors is not None else [None] * len(chunk)
+        lines += [
+            "def _run(ctx):",
+            BODIES[body],
+            "",
+            "",
+            f"for _name, _start in zip({[names[i] for i in chunk]!r}, {starts!r}):",
+            f'    job(interval=_I, name=f"b.{{_name}}", overlap="{overlap}",',
+            "        start_at=datetime.fromisoformat(_start) if _start else None)(_run)",
+            "",
+        ]
         (folder / f"bench_{start // JOBS_PER_FILE:03d}.py").write_text("\n".join(lines))
     return [f"b.{n}" for n in names]
 

@@ -58,7 +58,7 @@ def _ours(folder: Path, p: dict[str, Any]) -> dict[str, Any]:
     from scheduler.clock import SystemClock
     from scheduler.engine.isolation import ProcessIsolation
     from scheduler.engine.runner import Runner
-    from scheduler.jobs.registry import load_jobs
+    from scheduler.jobs.discovery import load_jobs
     from scheduler.store import Claimed, Outcome
 
     specs = load_jobs(folder).specs

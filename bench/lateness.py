@@ -106,6 +106,7 @@ def run_ours(p: dict[str, Any]) -> dict[str, Any]:
 
 def _read_runs(url: str, begin: datetime, end: datetime) -> tuple[list[dict[str, Any]], int]:
     import sqlalchemy as sa
+    from scheduler.jobs.effective import schedule_of
     from scheduler.jobs.schedules import slots_between
     from scheduler.store import Store
     from scheduler.store.schema import runs
@@ -121,7 +122,7 @@ def _read_runs(url: str, begin: datetime, end: datetime) -> tuple[list[dict[str,
         expected = 0
         tick = timedelta(microseconds=1)
         for job in store.jobs.all():
-            expected += sum(1 for _ in slots_between(job.schedule(), begin - tick, end - tick))
+            expected += sum(1 for _ in slots_between(schedule_of(job), begin - tick, end - tick))
     finally:
         store.dispose()
     return rows, expected

@@ -6,6 +6,7 @@ from datetime import timedelta
 
 import sqlalchemy as sa
 from scheduler.clock import FakeClock
+from scheduler.jobs.effective import schedule_of
 from scheduler.jobs.registry import make_spec
 from scheduler.operator.catalog import JobCatalog
 from scheduler.store import Store
@@ -28,7 +29,7 @@ def test_the_catalog_sees_new_paused_rescheduled_and_removed_jobs(store: Store, 
     store.jobs.set_schedule("a.one", "ops", clock.now(), interval=timedelta(minutes=7))
     clock.advance(timedelta(minutes=1))
     rows = {r.name: r for r in catalog.rows()}
-    assert rows["b.two"].paused and rows["a.one"].schedule().describe() == "every 7m"
+    assert rows["b.two"].paused and schedule_of(rows["a.one"]).describe() == "every 7m"
 
     clock.advance(timedelta(minutes=1))
     store.jobs.sync([make_spec(work, name="c.three", interval=timedelta(minutes=5))], clock.now())

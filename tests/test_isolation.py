@@ -16,7 +16,8 @@ from scheduler.clock import SystemClock
 from scheduler.engine.isolation import ProcessIsolation
 from scheduler.engine.runner import Runner
 from scheduler.errors import JobDefinitionError
-from scheduler.jobs.registry import JobSpec, job, load_jobs
+from scheduler.jobs.discovery import load_jobs
+from scheduler.jobs.registry import JobSpec, job
 from scheduler.store import Claim, Outcome, Owner, RunRow, Store
 
 from tests.support.polling import wait_until

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 from scheduler.errors import JobDefinitionError
-from scheduler.jobs.registry import load_jobs, make_spec
+from scheduler.jobs.discovery import load_jobs
+from scheduler.jobs.registry import make_spec
 
 
 def work() -> None:

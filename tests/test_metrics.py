@@ -19,6 +19,7 @@ from scheduler.cluster.health import Health
 from scheduler.daemon.service import Service
 from scheduler.daemon.wiring import build_service
 from scheduler.engine.runner import ActiveRun, JobContext
+from scheduler.jobs.effective import schedule_of
 from scheduler.jobs.registry import make_spec
 from scheduler.operator.metrics import Metrics
 from scheduler.store import Claim, Claimed, InstanceRow, Outcome, Owner, Store
@@ -99,7 +100,7 @@ def test_runs_durations_lateness_and_database_state(store: Store, clock: FakeClo
     assert got[("scheduler_leader", ())] == 1 and got[("scheduler_running_runs", ())] == 1
     assert got[("scheduler_database_up", ())] == 1 and got[("scheduler_instances_alive", ())] == 1
     assert got[("scheduler_info", (("instance", "inst-a"), ("version", "1.0.0")))] == 1
-    next_at = store.jobs.get("etl.load").schedule().next_after(slots[0])
+    next_at = schedule_of(store.jobs.get("etl.load")).next_after(slots[0])
     assert got[("scheduler_job_next_run_timestamp_seconds", (("job", "etl.load"),))] == next_at.timestamp()
     assert ("scheduler_job_next_run_timestamp_seconds", (("job", "etl.paused"),)) not in got
 

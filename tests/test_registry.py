@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 from scheduler.errors import JobDefinitionError
-from scheduler.jobs.registry import JobSpec, job, load_jobs, make_spec
+from scheduler.jobs.discovery import load_jobs
+from scheduler.jobs.registry import JobSpec, job, make_spec
 from scheduler.jobs.schedules import CronSchedule, IntervalSchedule
 
 ANCHOR = datetime(2026, 3, 1, 12, tzinfo=UTC)

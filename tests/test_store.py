@@ -10,8 +10,10 @@ import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from scheduler.errors import JobDefinitionError, NotFoundError, StoreError, StoreUnavailable
+from scheduler.jobs.effective import schedule_of
 from scheduler.jobs.registry import JobSpec, make_spec
 from scheduler.jobs.schedules import CronSchedule, IntervalSchedule
+from scheduler.operator import queries
 from scheduler.store import Claim, Outcome, Owner, RunRow, Store
 from scheduler.store.schema import metadata
 
@@ -143,7 +145,7 @@ def test_sync_anchors_new_jobs_at_the_next_whole_second(store: Store) -> None:
     synced = store.jobs.sync([spec("a.job"), spec("b.job", cron=None)], now)
     assert synced["a.job"].anchor_at == NOW + timedelta(seconds=1)
     assert synced["a.job"].defined_at == now
-    assert synced["a.job"].schedule() == IntervalSchedule(timedelta(seconds=60), NOW + timedelta(seconds=1))
+    assert schedule_of(synced["a.job"]) == IntervalSchedule(timedelta(seconds=60), NOW + timedelta(seconds=1))
     assert synced["a.job"].schedule_text == "every 1m"
 
 
@@ -162,7 +164,7 @@ def test_resync_keeps_anchor_pause_and_overrides_but_takes_the_new_definition(st
     assert row.definition["interval_seconds"] == 120 and row.definition["retries"] == 3
     assert row.schedule_text == "every 2m"
     assert row.updated_at == later and row.loaded_at == later
-    assert row.schedule() == IntervalSchedule(timedelta(seconds=30), row.anchor_at)
+    assert schedule_of(row) == IntervalSchedule(timedelta(seconds=30), row.anchor_at)
 
 
 def test_resync_of_an_unchanged_definition_does_not_mark_it_changed(store: Store) -> None:
@@ -195,12 +197,12 @@ def test_schedule_override_is_audited_visible_to_pollers_and_can_be_unset(store:
     store.jobs.sync([spec("over.job")], NOW)
     at = NOW + timedelta(minutes=10)
     row = store.jobs.set_schedule("over.job", "ops", at, cron="0 6 * * *", timezone="Europe/Paris")
-    assert row.overridden and row.schedule() == CronSchedule("0 6 * * *", "Europe/Paris")
+    assert row.overridden and schedule_of(row) == CronSchedule("0 6 * * *", "Europe/Paris")
     assert [r.name for r in store.jobs.changed_since(at)] == ["over.job"]
 
     row = store.jobs.set_schedule("over.job", "ops", at + timedelta(minutes=1))
     assert not row.overridden
-    assert row.schedule() == IntervalSchedule(timedelta(seconds=60), row.anchor_at)
+    assert schedule_of(row) == IntervalSchedule(timedelta(seconds=60), row.anchor_at)
     entries = store.jobs.audit_log(job="over.job")
     assert [e.action for e in entries] == ["unset", "set"]
     assert entries[1].details == {"override_cron": "0 6 * * *", "override_timezone": "Europe/Paris"}
@@ -209,9 +211,9 @@ def test_schedule_override_is_audited_visible_to_pollers_and_can_be_unset(store:
 def test_invalid_override_is_rejected_and_not_written(store: Store) -> None:
     store.jobs.sync([spec("strict.job")], NOW)
     with pytest.raises(JobDefinitionError, match="bad cron"):
-        store.jobs.set_schedule("strict.job", "ops", NOW, cron="not cron")
-    with pytest.raises(JobDefinitionError, match="positive"):
-        store.jobs.set_schedule("strict.job", "ops", NOW, interval=timedelta(seconds=-1))
+        queries.set_schedule(store, "strict.job", "ops", NOW, cron="not cron")
+    with pytest.raises(JobDefinitionError, match="at least"):
+        queries.set_schedule(store, "strict.job", "ops", NOW, interval=-1)
     assert not store.jobs.get("strict.job").overridden
     assert store.jobs.audit_log(job="strict.job") == []
 

@@ -19,12 +19,15 @@ if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(_here))
 
 import argparse
+import contextlib
 import json
 import logging
 import os
+import select
 import signal
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -36,6 +39,8 @@ from scheduler.errors import ConfigError, SchedulerError
 
 EXIT_OK, EXIT_FAIL, EXIT_CONFIG, EXIT_NOT_RUNNING = 0, 1, 2, 3
 STOP_MARGIN = 15.0  # seconds `stop` waits beyond the grace period
+START_WAIT = 60.0  # seconds `start` waits for the daemon to be up (`start --wait`)
+PROGRESS = "importing "  # the daemon's start-up progress lines to `start`
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -94,6 +99,15 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         command = sub.add_parser(name, help=text)
         command.set_defaults(handler=handler)
+        if name == "check":
+            command.add_argument("--json", action="store_true", help="the same report as one JSON object")
+        if name in ("start", "restart"):
+            command.add_argument(
+                "--wait",
+                type=_seconds,
+                default=START_WAIT,
+                help=f"seconds to wait for start-up ({START_WAIT:g})",
+            )
         if name == "status":
             command.add_argument("--json", action="store_true", help="print JSON instead of a line")
     try:
@@ -102,6 +116,16 @@ def build_parser() -> argparse.ArgumentParser:
         return parser
     commands.register(sub)
     return parser
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 < value <= 86400:
+        raise argparse.ArgumentTypeError(f"must be more than 0 and at most 86400, got {text!r}")
+    return value
 
 
 def _flags(args: argparse.Namespace) -> dict[str, Any]:
@@ -161,7 +185,7 @@ def _jobs_still_running(patience: float = 0.5) -> bool:
     return False
 
 
-def cmd_start(settings: Settings, _args: argparse.Namespace) -> int:
+def cmd_start(settings: Settings, args: argparse.Namespace) -> int:
     import daemon
 
     _preflight(settings)
@@ -169,7 +193,7 @@ def cmd_start(settings: Settings, _args: argparse.Namespace) -> int:
     read_end, write_end = os.pipe()
     if os.fork() > 0:
         os.close(write_end)
-        return _await_start(read_end)
+        return _await_start(read_end, float(getattr(args, "wait", START_WAIT)), settings.pidfile)
     os.close(read_end)
     context = daemon.DaemonContext(
         pidfile=lock,
@@ -187,17 +211,69 @@ def cmd_start(settings: Settings, _args: argparse.Namespace) -> int:
     os._exit(code)
 
 
-def _await_start(read_end: int) -> int:
-    chunks = []
-    while chunk := os.read(read_end, 4096):
-        chunks.append(chunk)
-    os.close(read_end)
-    message = b"".join(chunks).decode().strip() or "error: the daemon exited during start-up"
+def _await_start(read_end: int, patience: float, pid_path: Path) -> int:
+    """Wait for the daemon's "ok"/"error" line; give up after `patience` seconds, naming where it is."""
+    deadline = time.monotonic() + patience
+    buffer, importing = b"", ""
+    with os.fdopen(read_end, "rb", buffering=0) as pipe:
+        while True:
+            ready, _, _ = select.select([pipe], [], [], max(0.0, deadline - time.monotonic()))
+            if not ready:
+                return _give_up(patience, importing, pid_path)
+            chunk = pipe.read(4096)
+            buffer += chunk or b""
+            *lines, rest = buffer.split(b"\n")
+            for line in (x.decode(errors="replace").strip() for x in lines):
+                if line.startswith(PROGRESS):
+                    importing = line.removeprefix(PROGRESS)
+                elif line:
+                    return _started(line)
+            buffer = rest
+            if not chunk:
+                return _started(buffer.decode(errors="replace").strip())
+
+
+def _started(message: str) -> int:
+    message = message or "error: the daemon exited during start-up"
     if message.startswith("ok"):
         print(f"started{message[2:]}")
         return EXIT_OK
     print(message, file=sys.stderr)
     return EXIT_FAIL
+
+
+def _give_up(patience: float, importing: str, pid_path: Path) -> int:
+    """Start-up hangs (a job module loops at import time): stop that daemon and say where it was."""
+    where = f"; stuck importing job module {importing}" if importing else ""
+    pid = pidfile.running_pid(pid_path)
+    if pid is not None:
+        for _ in range(2):  # a second SIGTERM makes the daemon exit at once
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+            time.sleep(0.2)  # the handler runs between the two signals
+    print(
+        f"error: the daemon did not finish starting within {patience:g}s{where}; stopped it", file=sys.stderr
+    )
+    return EXIT_FAIL
+
+
+@contextlib.contextmanager
+def _progress_to(fd: int | None) -> Iterator[None]:
+    """While starting, tell the waiting `start` each job module imported (not on later reloads)."""
+    if fd is None:
+        yield
+        return
+    from scheduler.jobs import discovery
+
+    def tell(path: str) -> None:
+        with contextlib.suppress(OSError):
+            os.write(fd, f"{PROGRESS}{path}\n".encode())
+
+    discovery.on_import.append(tell)
+    try:
+        yield
+    finally:
+        discovery.on_import.remove(tell)
 
 
 def _tell(fd: int | None, message: str) -> None:
@@ -220,7 +296,8 @@ def _serve(settings: Settings, *, stderr: bool, ready_fd: int | None = None) -> 
     service = build_service(settings)
     _install_signals(service)
     try:
-        service.start()
+        with _progress_to(ready_fd):
+            service.start()
     except SchedulerError as exc:
         _tell(ready_fd, f"error: {exc}")
         if ready_fd is None:
@@ -290,43 +367,10 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
     return code
 
 
-def cmd_check(settings: Settings, _args: argparse.Namespace) -> int:
-    from scheduler.jobs.registry import load_jobs
-    from scheduler.store import Store
+def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
+    from scheduler.operator import check
 
-    result = load_jobs(settings.jobs_path)
-    for spec in result.specs.values():
-        state = "" if spec.enabled else " (disabled)"
-        if spec.isolated(settings.default_isolation):
-            state += " (process isolation)"
-        print(f"ok    {spec.name}: {spec.describe()}{state}")
-    for problem in result.problems:
-        print(f"error {problem}")
-    sqlite_file = sqlite_path(settings)
-    if sqlite_file is not None and not sqlite_file.exists():
-        from scheduler import writable
-
-        summary = f"{len(result.specs)} jobs, {len(result.problems)} problems"
-        why = writable.problem(sqlite_file.parent)
-        if why is not None:  # the daemon could not create it either
-            print(f"error database {sqlite_file}: {why}")
-            print(f"{summary}; database {sqlite_file} cannot be created")
-            return EXIT_FAIL
-        shown = config_module.redact_url(settings.database_url)
-        print(f"{summary}; database {shown} (not created yet: the daemon creates it)")
-        return EXIT_FAIL if result.problems else EXIT_OK
-    store = Store(settings.database_url)
-    try:
-        current, head = store.db.current_revision(), store.db.head_revision()
-    except SchedulerError as exc:
-        print(f"error database {store.safe_url}: {exc}")
-        return EXIT_FAIL
-    finally:
-        store.dispose()
-    if current not in (None, head):
-        print(f"note  database schema {current}, code {head}: run 'db upgrade' or start the daemon")
-    print(f"{len(result.specs)} jobs, {len(result.problems)} problems; database {store.safe_url}")
-    return EXIT_FAIL if result.problems else EXIT_OK
+    return check.run(settings, as_json=bool(getattr(args, "json", False)))
 
 
 if __name__ == "__main__":

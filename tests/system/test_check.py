@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -40,8 +42,15 @@ def test_check_accepts_the_example_jobs(sandbox: Sandbox) -> None:
         f"4 jobs, 0 problems; database {sandbox.db_url} (not created yet: the daemon creates it)"
     ]
     assert not list(sandbox.root.glob("*.db")), "check must not create the database"
-    assert "ok    reports.daily_summary: cron 0 6 * * * (Europe/London)" in lines
-    assert "ok    legacy_timeloop.cleanup_tmp: every 20s" in lines
+    daily = [
+        x for x in lines if x.startswith("ok    reports.daily_summary: cron 0 6 * * * (Europe/London); ")
+    ]
+    assert len(daily) == 1 and "module reports, next " in daily[0] and daily[0].endswith(":00:00+00:00")
+    assert [
+        x
+        for x in lines
+        if x.startswith("ok    legacy_timeloop.cleanup_tmp: every 20s; module legacy_timeloop")
+    ]
 
 
 BROKEN = {
@@ -80,7 +89,7 @@ def test_check_names_each_broken_module_in_one_line(sandbox: Sandbox) -> None:
         named = [x for x in errors if x.startswith(f"error {path}: ")]
         assert len(named) == 1, (case, result.stdout)
         assert BROKEN[case][1] in named[0]
-    assert "ok    base.fine: every 30s" in result.stdout
+    assert "ok    base.fine: every 30s; module base, next " in result.stdout
     summary = f"1 jobs, {len(BROKEN)} problems; database {sandbox.db_url}"
     assert result.stdout.endswith(f"{summary} (not created yet: the daemon creates it)\n")
 
@@ -119,3 +128,34 @@ def test_check_hides_the_password_of_an_unreachable_database(sandbox: Sandbox) -
     assert result.returncode == 1
     assert "u:***@127.0.0.1:1/db: database unavailable: " in result.stdout
     assert "secret" not in result.stdout + result.stderr
+
+
+def test_check_json_lists_every_job_with_module_schedule_and_next_slot_and_warns_of_empty_modules(
+    sandbox: Sandbox,
+) -> None:
+    sandbox.write_job("base", GOOD)
+    sandbox.write_job("empty", "VALUE = 1\n")
+    (sandbox.jobs / "billing").mkdir()
+    (sandbox.jobs / "billing" / "invoices.py").write_text(GOOD)
+
+    result = sandbox.control("check", "--json")
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(result.stdout)
+    assert [(j["name"], j["module"], j["schedule"]) for j in report["jobs"]] == [
+        ("base.fine", "base", "every 30s"),
+        ("billing.invoices.fine", "billing.invoices", "every 30s"),
+    ]
+    assert all(datetime.fromisoformat(j["next_run"]) for j in report["jobs"])
+    assert [(Path(w["where"]).name, w["message"]) for w in report["warnings"]] == [
+        ("empty.py", "declares no job")
+    ]
+    assert report["problems"] == []
+    assert report["database"]["state"] == "not created yet: the daemon creates it"
+
+    text = sandbox.control("check")
+    assert text.returncode == 0
+    assert [x for x in text.stdout.splitlines() if x.startswith("warn  ")] == [
+        f"warn  {sandbox.jobs / 'empty.py'}: declares no job"
+    ]
+    assert "2 jobs, 0 problems, 1 warnings;" in text.stdout

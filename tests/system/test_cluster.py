@@ -88,14 +88,13 @@ def many_jobs_module(prefix: str, count: int, seconds: float, interval: float = 
         JOB_PRELUDE
         + f'''
 
-for _i in range({count}):
-    def _run(ctx):
-        effect(ctx)
-        time.sleep({seconds})
+def _run(ctx):
+    effect(ctx)
+    time.sleep({seconds})
 
-    _run.__name__ = "j%02d" % _i
-    globals()[_run.__name__] = job(interval=timedelta(seconds={interval}), name="{prefix}.j%02d" % _i)(_run)
-del _run
+
+for _i in range({count}):
+    job(interval=timedelta(seconds={interval}), name="{prefix}.j%02d" % _i)(_run)
 '''
     )
 

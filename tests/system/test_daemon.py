@@ -423,7 +423,7 @@ def test_control_runs_from_the_code_folder_with_pythonpath(sandbox: Sandbox) -> 
     assert (status.returncode, status.stdout, status.stderr) == (3, "not running\n", "")
     check = control("check")
     assert check.returncode == 0, check.stdout + check.stderr
-    assert "ok    heartbeat.ping: every 10s\n" in check.stdout
+    assert "ok    heartbeat.ping: every 10s; module heartbeat, next " in check.stdout
     assert check.stdout.endswith(
         f"0 problems; database {sandbox.db_url} (not created yet: the daemon creates it)\n"
     )

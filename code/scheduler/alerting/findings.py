@@ -29,6 +29,7 @@ from typing import Any
 
 from scheduler.alerting.record import Finding, format_utc
 from scheduler.engine.guard import AUTO_PAUSE_ACTOR
+from scheduler.jobs.effective import schedule_of
 from scheduler.jobs.schedules import Schedule, format_interval
 from scheduler.store import InstanceRow, JobRow
 from scheduler.store.history import RunRow
@@ -101,7 +102,7 @@ def lateness(row: JobRow, last_started: datetime | None, now: datetime) -> Findi
 
 def _lateness(row: JobRow, last_started: datetime | None, now: datetime) -> tuple[Finding | None, datetime]:
     """The finding, and the instant before which it cannot change (the row and last start unchanged)."""
-    schedule = row.schedule()
+    schedule = schedule_of(row)
     first = schedule.next_after(row.updated_at)
     latest = schedule.previous_before(now) or first
     grace = grace_for(row, period_at(schedule, latest))
@@ -185,7 +186,7 @@ def overrunning(row: JobRow, run: RunRow, now: datetime) -> Finding | None:
         limit = timedelta(seconds=float(timeout))
         reason = f"its timeout of {span(limit)}"
     else:
-        period = period_at(row.schedule(), run.scheduled_for)
+        period = period_at(schedule_of(row), run.scheduled_for)
         limit = period + grace_for(row, period)
         reason = f"its period plus grace ({span(limit)}; no timeout set)"
     running_for = now - run.started_at
@@ -233,7 +234,7 @@ def skipping(row: JobRow, streak: int, threshold: int, newest: datetime | None) 
     """`threshold` slots in a row recorded `skipped`: its runs take longer than its period."""
     if streak < threshold or newest is None:
         return None
-    period = span(period_at(row.schedule(), newest))
+    period = span(period_at(schedule_of(row), newest))
     count = f"{streak}+" if streak > MAX_STREAK else str(streak)
     summary = (
         f"the last {count} slots were skipped because a run was still going "

@@ -14,7 +14,6 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 
 from scheduler import config as config_module
 from scheduler.alerting.watchdog import Watchdog
@@ -29,7 +28,8 @@ from scheduler.engine.isolation import KILL_GRACE
 from scheduler.engine.recorder import Recorder
 from scheduler.engine.runner import Runner
 from scheduler.errors import SchedulerError
-from scheduler.jobs.registry import JobSpec, LoadProblem, load_jobs
+from scheduler.jobs.discovery import LoadProblem, load_jobs
+from scheduler.jobs.registry import JobSpec
 from scheduler.operator.metrics import Metrics
 from scheduler.operator.server import HttpServer
 from scheduler.store import Owner, Store
@@ -140,19 +140,15 @@ class Service:
         return thread
 
     def _load_jobs(self, now: datetime) -> None:
-        result = load_jobs(self.settings.jobs_path)
-        # On a reload, a module that loaded before and fails now keeps its previous jobs:
-        # a typo saved in one file must not silently stop that file's jobs.
-        broken = {Path(p.where).stem for p in result.problems}
-        for name, spec in self.specs.items():
-            if spec.module.rsplit(".", 1)[-1] in broken and name not in result.specs:
-                result.specs[name] = spec
-                log.warning("job %s keeps its previous definition until its module loads again", name)
+        # On a reload, a module that loaded before and fails now keeps its previous jobs.
+        result = load_jobs(self.settings.jobs_path, previous=self.specs)
         self.specs, self.problems = result.specs, result.problems
         if any(self.runner.isolation.applies(spec) for spec in self.specs.values()):
             self.runner.isolation.prewarm()  # the forkserver imports the job modules once, now
         for problem in self.problems:
             log.error("job load failed: %s", problem, extra={"action": "load-error"})
+        for warning in result.warnings:
+            log.warning("job load: %s", warning, extra={"action": "load-warning"})
         rows = self.store.jobs.sync(self.specs.values(), now)
         self.dispatcher.load(self.specs, rows, self.store.runs.last_slots())
         for spec in self.specs.values():

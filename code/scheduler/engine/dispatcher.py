@@ -20,6 +20,7 @@ from scheduler.clock import Clock
 from scheduler.cluster.health import Health
 from scheduler.engine.runner import Runner
 from scheduler.errors import SchedulerError
+from scheduler.jobs import effective
 from scheduler.jobs.registry import JobSpec
 from scheduler.jobs.schedules import Schedule, recent_slots
 from scheduler.store import Claim, Claimed, JobRow, Owner, Store
@@ -46,6 +47,7 @@ class JobState:
     schedule: Schedule
     cursor: datetime  # the last slot decided (run, skipped, missed or let pass)
     next_at: datetime
+    recorded: datetime  # the last slot decided with a record (not let pass while paused)
 
 
 class Dispatcher:
@@ -89,6 +91,9 @@ class Dispatcher:
         self, specs: dict[str, JobSpec], rows: dict[str, JobRow], last_slots: dict[str, datetime]
     ) -> None:
         """(Re)build the heap for the loaded, enabled jobs. Keeps cursors of known jobs."""
+        now = self.clock.now()
+        # Changes made after these rows were read are the first poll's news.
+        self._last_poll = self._last_poll or now
         with self._lock:
             old = self.states
             self.states = {}
@@ -96,9 +101,13 @@ class Dispatcher:
                 if not spec.enabled or name not in rows:
                     continue
                 row = rows[name]
-                cursor = old[name].cursor if name in old else last_slots.get(name, row.defined_at)
-                schedule = row.schedule()
-                self.states[name] = JobState(spec, row, schedule, cursor, schedule.next_after(cursor))
+                if name in old:
+                    cursor, recorded = old[name].cursor, old[name].recorded
+                else:
+                    cursor = recorded = effective.cursor_of(row, last_slots.get(name), now)
+                schedule = effective.schedule_of(row)
+                state = JobState(spec, row, schedule, cursor, schedule.next_after(cursor), recorded)
+                self.states[name] = state
             self._rebuild_heap()
 
     def _rebuild_heap(self) -> None:
@@ -114,23 +123,20 @@ class Dispatcher:
                 state = self.states.get(row.name)
                 if state is None or row == state.row:
                     continue
-                resumed = state.row.paused and not row.paused
-                rescheduled = row.schedule() != state.schedule
-                if resumed or rescheduled:
-                    # No catch-up for slots before the change (paused, or on the old
-                    # schedule). The change time comes from the row, so every instance
-                    # agrees on it, whenever it polls.
-                    changed_at = min(row.changed_at or row.updated_at, now)
-                    state.cursor = max(state.cursor, changed_at)
-                if row.paused != state.row.paused or rescheduled:
+                schedule = effective.schedule_of(row)
+                if not row.paused:
+                    # Slots let pass while paused, but after the resume, still run.
+                    recorded = state.recorded if state.row.paused else state.cursor
+                    state.cursor = effective.cursor_after_change(recorded, row, now)
+                if row.paused != state.row.paused or schedule != state.schedule:
                     log.info(
                         "job %s: %s, schedule %s",
                         row.name,
                         "paused" if row.paused else "active",
-                        row.schedule().describe(),
+                        schedule.describe(),
                         extra={"job": row.name, "action": "override"},
                     )
-                state.row, state.schedule = row, row.schedule()
+                state.row, state.schedule = row, schedule
                 state.next_at = state.schedule.next_after(state.cursor)
                 changed = True
             if changed:
@@ -144,6 +150,7 @@ class Dispatcher:
         with self._lock:
             for state in self.states.values():
                 state.cursor = min(state.cursor, now)
+                state.recorded = min(state.recorded, now)
                 state.next_at = state.schedule.next_after(state.cursor)
             self._rebuild_heap()
 
@@ -200,7 +207,9 @@ class Dispatcher:
                     self._backing_off.add(state.spec.name)
                 else:
                     self._backing_off.discard(state.spec.name)
-                    state.cursor = decided.get(state.spec.name, max(state.cursor, now))
+                    state.cursor = decided.get(state.spec.name, state.cursor)
+                    if not state.row.paused:
+                        state.recorded = state.cursor
                     state.next_at = state.schedule.next_after(state.cursor)
                 heapq.heappush(self._heap, (state.next_at, next(self._seq), state.spec.name))
             for state in deferred:

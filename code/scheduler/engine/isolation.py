@@ -146,9 +146,10 @@ class ProcessIsolation:
     def _request(self, spec: JobSpec, run_id: int, slot: datetime, attempt: int, log_path: str) -> Request:
         stem = spec.module.rsplit(".", 1)[-1]
         jobs = self.jobs_path or Path(sys.modules[spec.module].__file__ or ".").parent
+        loaded = getattr(sys.modules.get(spec.module), "__file__", None)  # sub-folders included
         return Request(
             job=spec.name,
-            module_file=str(jobs / f"{stem}.py"),
+            module_file=loaded or str(jobs / f"{stem}.py"),
             jobs_path=str(jobs),
             run_id=run_id,
             scheduled_for=slot,

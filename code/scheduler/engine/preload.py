@@ -11,7 +11,8 @@ import os
 from pathlib import Path
 
 from scheduler.errors import JobDefinitionError
-from scheduler.jobs.registry import JobSpec, load_jobs
+from scheduler.jobs.discovery import load_jobs
+from scheduler.jobs.registry import JobSpec
 
 _specs: dict[str, JobSpec] = {}
 _mtimes: dict[str, float] = {}
@@ -19,7 +20,7 @@ _mtimes: dict[str, float] = {}
 
 def _load(path: Path) -> dict[str, JobSpec]:
     specs = load_jobs(path).specs
-    for file in path.glob("*.py"):
+    for file in path.rglob("*.py"):  # sub-folders load as packages
         _mtimes[str(file)] = _mtime(file)
     return specs
 

@@ -1,25 +1,24 @@
-"""Job declarations: the `@job` decorator, `JobSpec`, and loading `code/jobs/`.
+"""Job declarations: the `@job` decorator, `JobSpec`, and the registry it fills.
 
-A job module is a plain Python file. Functions decorated with `@job(...)` are
-jobs; so are the jobs of any `timeloop.Timeloop` instance at module level
-(`@tl.job(interval=...)`), which our dispatcher runs instead of timeloop's own
-thread-per-job loop.
+`job(...)` registers a job when it is called, into the registry of the job
+module being loaded (`scheduler.jobs.discovery` loads them), the way
+APScheduler's `scheduled_job` and Celery's `@app.task` do: nothing depends on
+where the module keeps the callable afterwards.
 """
 
 from __future__ import annotations
 
-import importlib.util
+import contextlib
+import functools
 import inspect
 import logging
 import sys
-import traceback
+import threading
 import unicodedata
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
-from types import ModuleType
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from scheduler.errors import JobDefinitionError
 from scheduler.jobs.schedules import CronSchedule, IntervalSchedule, Schedule, parse_timezone
@@ -28,10 +27,13 @@ log = logging.getLogger(__name__)
 
 Overlap = Literal["skip", "queue"]
 Catchup = Literal["latest", "all", "skip"]
+# "slot": the first grid slot after the job is first loaded; "interval": one interval later (timeloop's way).
+FirstRun = Literal["slot", "interval"]
+F = TypeVar("F", bound=Callable[..., Any])
 Isolation = Literal["thread", "process"]
 ISOLATIONS = ("thread", "process")
 _SPEC_ATTR = "__scheduler_job__"
-_MODULE_PREFIX = "scheduler_jobs."
+MODULE_PREFIX = "scheduler_jobs."
 
 
 @dataclass(frozen=True)
@@ -50,10 +52,12 @@ class JobSpec:
     overlap: Overlap = "skip"
     catchup: Catchup = "latest"
     start_at: datetime | None = None
+    first_run: FirstRun = "slot"
     jitter: timedelta = timedelta(0)
     enabled: bool = True
     grace: timedelta | None = None
     alert_after_failures: int = 1
+    named: bool = field(default=True, compare=False)  # False: named after its callable by default
     # None: SCHEDULER_DEFAULT_ISOLATION decides (process when a limit is set).
     isolation: Isolation | None = None
     memory_limit: int | None = None  # bytes of address space (RLIMIT_AS), process runs only
@@ -89,6 +93,8 @@ class JobSpec:
             "enabled": self.enabled,
             "grace_seconds": self.grace.total_seconds() if self.grace else None,
             "alert_after_failures": self.alert_after_failures,
+            # Only when set, so that definitions stored before the option existed do not change.
+            **({"first_run": self.first_run} if self.first_run != "slot" else {}),
             "isolation": self.isolation,
             "memory_limit": self.memory_limit,
             "cpu_limit_seconds": self.cpu_limit.total_seconds() if self.cpu_limit else None,
@@ -124,6 +130,7 @@ def job(
     overlap: Overlap = "skip",
     catchup: Catchup = "latest",
     start_at: datetime | None = None,
+    first_run: FirstRun = "slot",
     jitter: timedelta = timedelta(0),
     enabled: bool = True,
     grace: timedelta | None = None,
@@ -131,16 +138,29 @@ def job(
     isolation: Isolation | None = None,
     memory_limit: int | str | None = None,
     cpu_limit: timedelta | None = None,
-) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+) -> Callable[[F], F]:
     """Declare a job: `@job(interval=timedelta(seconds=30))` or `@job(cron=..., timezone=...)`.
 
-    Raises JobDefinitionError, naming the function, for an invalid declaration.
+    The job is registered when this is called, into the module being loaded,
+    so any callable works and nothing depends on how the module keeps it:
+    functions, `functools.partial`, lambdas and callable objects (these three
+    with `name=` unless their wrapped function names them), static and bound
+    methods, jobs made in a loop. Each call is one job; the callable is
+    returned unchanged. Raises JobDefinitionError, naming the job, for an
+    invalid declaration.
     """
+    frame = sys._getframe(1)
+    caller = str(frame.f_globals.get("__name__", ""))
+    del frame
 
-    def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
+    def decorate(func: F) -> F:
+        if not callable(func):
+            raise JobDefinitionError(f"@job needs a callable, got {func!r}")
+        module = discovery_module() or caller
         spec = make_spec(
             func,
-            name=name or f"{_module_label(func.__module__)}.{func.__name__}",
+            name=name or f"{module_label(module)}.{default_name(func)}",
+            module=module,
             interval=interval,
             cron=cron,
             timezone=timezone,
@@ -150,24 +170,90 @@ def job(
             overlap=overlap,
             catchup=catchup,
             start_at=start_at,
+            first_run=first_run,
             jitter=jitter,
             enabled=enabled,
             grace=grace,
             alert_after_failures=alert_after_failures,
+            named=name is not None,
             isolation=isolation,
             memory_limit=parse_bytes(memory_limit),
             cpu_limit=cpu_limit,
         )
-        setattr(func, _SPEC_ATTR, spec)
+        declare(spec)
+        with contextlib.suppress(AttributeError, TypeError):  # bound methods, slots, builtins
+            setattr(func, _SPEC_ATTR, spec)
         return func
 
     return decorate
 
 
-def make_spec(func: Callable[..., Any], *, name: str, **options: Any) -> JobSpec:
-    """Build and validate a JobSpec. Raises JobDefinitionError naming the job."""
+def default_name(func: Callable[..., Any]) -> str:
+    """The name part of a job named after its callable; raises JobDefinitionError if it has none."""
+    inner = func
+    while isinstance(inner, functools.partial):
+        inner = inner.func
+    own = getattr(inner, "__name__", None)
+    if own is None:  # a callable object: named after its class
+        own = type(inner).__name__
+    if own == "<lambda>":
+        raise JobDefinitionError("a lambda has no name of its own: give @job a name=")
+    qualname = getattr(inner, "__qualname__", own)
+    return qualname if isinstance(qualname, str) and "<" not in qualname else str(own)
+
+
+def module_label(module_name: str) -> str:
+    """A module's name as shown in job names: `scheduler_jobs.billing.x` -> `billing.x`."""
+    return module_name.removeprefix(MODULE_PREFIX)
+
+
+# -- the registry of the module being loaded -------------------------------------------
+
+_declared: dict[str, list[JobSpec]] = {}  # module name -> its jobs, in declaration order
+_executing: list[str] = []  # job modules being executed, innermost last
+_declared_lock = threading.RLock()
+
+
+def discovery_module() -> str | None:
+    """The job module whose code runs now (inside an import by the loader), if any."""
+    return _executing[-1] if _executing else None
+
+
+def declare(spec: JobSpec) -> None:
+    """Add a job to the registry of the module that declares it."""
+    with _declared_lock:
+        _declared.setdefault(spec.module, []).append(spec)
+
+
+def declared_in(module_name: str) -> list[JobSpec]:
+    with _declared_lock:
+        return list(_declared.get(module_name, []))
+
+
+def forget(prefix: str) -> None:
+    """Drop the registries of the modules a new load re-imports."""
+    with _declared_lock:
+        for module_name in [m for m in _declared if m == prefix or m.startswith(prefix + ".")]:
+            del _declared[module_name]
+
+
+@contextlib.contextmanager
+def executing(module_name: str) -> Iterator[None]:
+    """Jobs declared while this runs belong to `module_name`."""
+    with _declared_lock:
+        _declared.pop(module_name, None)
+    _executing.append(module_name)
     try:
-        return _validated(JobSpec(name=name, func=func, module=func.__module__, **options))
+        yield
+    finally:
+        _executing.pop()
+
+
+def make_spec(func: Callable[..., Any], *, name: str, module: str | None = None, **options: Any) -> JobSpec:
+    """Build and validate a JobSpec (not registered). Raises JobDefinitionError naming the job."""
+    where = module or str(getattr(func, "__module__", None) or "")
+    try:
+        return _validated(JobSpec(name=name, func=func, module=where, **options))
     except JobDefinitionError as exc:
         raise JobDefinitionError(f"job {name!r}: {exc}") from None
 
@@ -215,6 +301,10 @@ def _validated(spec: JobSpec) -> JobSpec:
         raise JobDefinitionError(f"catchup must be latest, all or skip, got {spec.catchup!r}")
     if spec.start_at is not None and spec.start_at.tzinfo is None:
         raise JobDefinitionError("start_at must be tz-aware")
+    if spec.first_run not in ("slot", "interval"):
+        raise JobDefinitionError(f"first_run must be 'slot' or 'interval', got {spec.first_run!r}")
+    if spec.first_run == "interval" and spec.interval is None:
+        raise JobDefinitionError("first_run='interval' applies to interval jobs only")
     if spec.alert_after_failures < 1:
         raise JobDefinitionError("alert_after_failures must be >= 1")
     _check_isolation(spec)
@@ -259,123 +349,3 @@ def _takes_one_argument(func: Callable[..., Any]) -> bool:
         p for p in params if p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
     ]
     return len(required) == 1
-
-
-def _module_label(module_name: str) -> str:
-    return module_name.removeprefix(_MODULE_PREFIX)
-
-
-@dataclass(frozen=True)
-class LoadProblem:
-    """A module or job that could not be loaded; `where` is a file or job name."""
-
-    where: str
-    message: str
-    detail: str = ""
-
-    def __str__(self) -> str:
-        return f"{self.where}: {self.message}"
-
-
-@dataclass
-class LoadResult:
-    specs: dict[str, JobSpec]
-    problems: list[LoadProblem]
-
-
-def load_jobs(path: Path) -> LoadResult:
-    """Import every `*.py` in `path` (not `_*.py`) and collect its jobs.
-
-    Never raises for a broken module: each problem is returned, and the jobs of
-    the other modules still load.
-    """
-    result = LoadResult(specs={}, problems=[])
-    if not path.is_dir():
-        result.problems.append(LoadProblem(str(path), "jobs path is not a directory"))
-        return result
-    if str(path) not in sys.path:
-        sys.path.insert(0, str(path))
-    for file in sorted(path.glob("*.py")):
-        if file.name.startswith("_"):
-            continue
-        try:
-            module = _import_fresh(file)
-            specs = _specs_in(module)  # a timeloop job is validated here, after import
-        except (Exception, SystemExit) as exc:  # a module calling sys.exit() must not stop the daemon
-            message = _one_line(exc)
-            detail = traceback.format_exc()
-            result.problems.append(LoadProblem(_rel(file), message, detail))
-            continue
-        for spec in specs:
-            if spec.name in result.specs:
-                first = result.specs[spec.name].module
-                message = f"duplicate job name {spec.name!r} (first defined in {first})"
-                result.problems.append(LoadProblem(_rel(file), message))
-                continue
-            result.specs[spec.name] = spec
-    return result
-
-
-def _import_fresh(file: Path) -> ModuleType:
-    name = _MODULE_PREFIX + file.stem
-    sys.modules.pop(name, None)
-    spec = importlib.util.spec_from_file_location(name, file)
-    if spec is None or spec.loader is None:
-        raise JobDefinitionError("cannot be imported")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    try:
-        spec.loader.exec_module(module)
-    except BaseException:
-        sys.modules.pop(name, None)
-        raise
-    return module
-
-
-def _specs_in(module: ModuleType) -> list[JobSpec]:
-    specs: list[JobSpec] = []
-    for value in list(vars(module).values()):
-        spec = getattr(value, _SPEC_ATTR, None)
-        if isinstance(spec, JobSpec) and getattr(value, "__module__", None) == module.__name__:
-            specs.append(spec)
-        specs.extend(_timeloop_specs(value, module.__name__))
-    return specs
-
-
-def _timeloop_specs(value: object, module_name: str) -> list[JobSpec]:
-    """Adapt a module-level `timeloop.Timeloop` instance's jobs."""
-    try:
-        from timeloop import Timeloop
-    except ImportError:  # pragma: no cover - timeloop is a pinned dependency
-        return []
-    if not isinstance(value, Timeloop):
-        return []
-    specs = []
-    for tl_job in value.jobs:
-        func = tl_job.execute
-        name = f"{_module_label(module_name)}.{func.__name__}"
-        spec = make_spec(
-            func,
-            name=name,
-            interval=tl_job.interval,
-            args=tuple(tl_job.args),
-            kwargs=dict(tl_job.kwargs),
-        )
-        specs.append(spec)
-    return specs
-
-
-def _rel(file: Path) -> str:
-    try:
-        return str(file.relative_to(Path.cwd()))
-    except ValueError:
-        return str(file)
-
-
-def _one_line(exc: BaseException) -> str:
-    if isinstance(exc, JobDefinitionError):
-        return str(exc)
-    if isinstance(exc, SyntaxError):
-        return f"SyntaxError: {exc.msg} (line {exc.lineno})"
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")

@@ -34,7 +34,7 @@ from scheduler.clock import Clock
 from scheduler.cluster.health import Health
 from scheduler.engine.runner import ActiveRun
 from scheduler.errors import SchedulerError
-from scheduler.operator import queries as views
+from scheduler.jobs import effective
 from scheduler.operator.catalog import JobCatalog
 from scheduler.store import Store
 
@@ -183,7 +183,7 @@ class StateCollector(Collector):
         for row in rows:
             enabled = bool(row.definition.get("enabled", True))
             counts["disabled" if not enabled else "paused" if row.paused else "active"] += 1
-            next_at = views.next_run_at(row, slots.get(row.name))
+            next_at = effective.next_run_at(row, slots.get(row.name), now)
             if next_at is not None:
                 upcoming.add_metric([row.name], next_at.timestamp())
         states = GaugeMetricFamily("scheduler_jobs", "Known jobs, by state.", labels=["state"])

@@ -4,9 +4,10 @@
 here from store rows, so a script can move between them. Instants are ISO 8601
 UTC strings; a job's next run is also given in the job's own time zone.
 
-The next run is computed from the database alone, as the dispatcher does: the
-effective schedule's first slot after the job's cursor (its latest recorded
-slot, or when it was defined, or when it was last resumed).
+The next run is computed from the database alone by `scheduler.jobs.effective`,
+which the dispatcher uses too: the effective schedule's first slot after the
+job's cursor (its latest recorded slot, or when it was defined, or when it was
+last resumed or rescheduled).
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from scheduler.errors import JobDefinitionError, SchedulerError
-from scheduler.jobs.schedules import CronSchedule, parse_interval
+from scheduler.jobs import effective
+from scheduler.jobs.schedules import parse_interval
 from scheduler.operator import RUN_STATUSES
 from scheduler.store import AuditEntry, InstanceRow, JobRow, RunRow, Store
 from scheduler.store.cluster import LEADER
@@ -49,51 +51,17 @@ def cli_actor() -> str:
 # -- jobs -----------------------------------------------------------------
 
 
-def job_zone(row: JobRow) -> str:
-    """The zone a job's times are shown in: its cron zone, else its declared zone."""
-    schedule = row.schedule()
-    if isinstance(schedule, CronSchedule):
-        return schedule.timezone
-    return str(row.definition.get("timezone") or "UTC")
-
-
-def cursor_of(row: JobRow, last_slot: datetime | None) -> datetime:
-    """Where the dispatcher continues from: the latest slot, or definition, or resume time."""
-    cursor = last_slot or row.defined_at
-    if not row.paused and row.changed_at is not None and row.changed_at > cursor:
-        cursor = row.changed_at  # resumed (or rescheduled): slots before that pass unrun
-    return cursor
-
-
-def next_run_at(row: JobRow, last_slot: datetime | None) -> datetime | None:
-    """The next slot the daemon will run; None while paused or disabled in code."""
-    if row.paused or not row.definition.get("enabled", True):
-        return None
-    return row.schedule().next_after(cursor_of(row, last_slot))
-
-
-def upcoming(row: JobRow, last_slot: datetime | None, now: datetime, count: int) -> list[datetime]:
-    """The next `count` slots after `now` (and after the cursor), from the effective schedule."""
-    schedule = row.schedule()
-    slots: list[datetime] = []
-    at = max(now, cursor_of(row, last_slot))
-    for _ in range(count):
-        at = schedule.next_after(at)
-        slots.append(at)
-    return slots
-
-
 def slot_view(at: datetime, zone: str) -> dict[str, Any]:
     local = at.astimezone(ZoneInfo(zone))
     return {"at": iso(at), "local": local.isoformat(), "zone": zone, "abbreviation": local.tzname()}
 
 
 def job_view(row: JobRow, last: RunRow | None, last_slot: datetime | None, now: datetime) -> dict[str, Any]:
-    zone = job_zone(row)
-    upcoming_at = next_run_at(row, last_slot)
+    zone = effective.zone_of(row)
+    upcoming_at = effective.next_run_at(row, last_slot, now)
     return {
         "name": row.name,
-        "schedule": row.schedule().describe(),
+        "schedule": effective.schedule_of(row).describe(),
         "code_schedule": row.schedule_text,
         "overridden": row.overridden,
         "timezone": zone,
@@ -140,11 +108,11 @@ def next_slots(store: Store, name: str, now: datetime, count: int) -> dict[str, 
     if not 1 <= count <= MAX_SLOTS:
         raise JobDefinitionError(f"count must be 1-{MAX_SLOTS}, got {count}")
     row = store.jobs.get(name)
-    zone = job_zone(row)
-    slots = upcoming(row, store.runs.last_slots().get(name), now, count)
+    zone = effective.zone_of(row)
+    slots = effective.upcoming(row, store.runs.last_slots().get(name), now, count)
     return {
         "job": name,
-        "schedule": row.schedule().describe(),
+        "schedule": effective.schedule_of(row).describe(),
         "timezone": zone,
         "paused": row.paused,
         "enabled": bool(row.definition.get("enabled", True)),
@@ -313,6 +281,7 @@ def set_schedule(
     if timezone is not None and len(timezone) > 64:
         raise JobDefinitionError("timezone is longer than 64 characters")
     period = None if interval is None else _interval(interval)
+    effective.validate_override(period, cron, timezone)
     row = store.jobs.set_schedule(name, actor, now, interval=period, cron=cron, timezone=timezone)
     return job_view(row, store.runs.latest_per_job().get(name), store.runs.last_slots().get(name), now)
 

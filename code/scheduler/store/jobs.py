@@ -5,13 +5,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 import sqlalchemy as sa
 
 from scheduler.errors import NotFoundError
-from scheduler.jobs.registry import JobSpec
-from scheduler.jobs.schedules import CronSchedule, IntervalSchedule, Schedule
 from scheduler.store.db import Database, upsert_insert
 from scheduler.store.schema import audit, jobs
 
@@ -20,8 +18,21 @@ from scheduler.store.schema import audit, jobs
 CHANGE_OVERLAP = timedelta(seconds=5)
 
 
+class Declared(Protocol):
+    """What the store keeps of a job declared in code (a `JobSpec`)."""
+
+    @property
+    def name(self) -> str: ...
+
+    def definition(self) -> dict[str, Any]: ...
+
+    def describe(self) -> str: ...
+
+
 @dataclass(frozen=True)
 class JobRow:
+    """A job as stored; `scheduler.jobs.effective` says when it runs next."""
+
     name: str
     definition: dict[str, Any]
     schedule_text: str
@@ -39,19 +50,6 @@ class JobRow:
     @property
     def overridden(self) -> bool:
         return self.override_interval_seconds is not None or self.override_cron is not None
-
-    def schedule(self) -> Schedule:
-        """The effective schedule: the operator's override, else the code's."""
-        if self.override_interval_seconds is not None:
-            return IntervalSchedule(timedelta(seconds=self.override_interval_seconds), self.anchor_at)
-        if self.override_cron is not None:
-            return CronSchedule(self.override_cron, self.override_timezone or "UTC")
-        if self.definition.get("interval_seconds") is not None:
-            interval = timedelta(seconds=self.definition["interval_seconds"])
-            start = self.definition.get("start_at")
-            anchor = datetime.fromisoformat(start) if start else self.anchor_at
-            return IntervalSchedule(interval, anchor)
-        return CronSchedule(self.definition["cron"], self.definition.get("timezone") or "UTC")
 
     @classmethod
     def from_row(cls, row: sa.Row[Any]) -> JobRow:
@@ -86,7 +84,7 @@ class JobRepository:
     def __init__(self, db: Database) -> None:
         self.db = db
 
-    def sync(self, specs: Iterable[JobSpec], now: datetime) -> dict[str, JobRow]:
+    def sync(self, specs: Iterable[Declared], now: datetime) -> dict[str, JobRow]:
         """Record the loaded definitions; keep anchors and overrides. Returns all rows.
 
         A job seen for the first time is anchored at the next whole second, so
@@ -165,12 +163,8 @@ class JobRepository:
     ) -> JobRow:
         """Override the schedule (interval or cron); neither clears the override.
 
-        Raises JobDefinitionError for an invalid schedule, NotFoundError for an unknown job.
+        The caller validates the schedule (`effective.validate_override`). Raises NotFoundError.
         """
-        if interval is not None:
-            IntervalSchedule(interval, now)
-        if cron is not None:
-            CronSchedule(cron, timezone or "UTC")
         values = {
             "override_interval_seconds": interval.total_seconds() if interval else None,
             "override_cron": cron,

@@ -18,7 +18,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from scheduler.errors import JobDefinitionError
-from scheduler.operator import queries as views
+from scheduler.jobs import effective
 from scheduler.operator.web.openapi import JOB_SORTS, JOB_STATES
 from scheduler.store import JobRow, RunBrief, Store
 
@@ -113,17 +113,17 @@ def build(
     slots = store.runs.last_slots()
     lines = []
     for row in rows:
-        next_at = views.next_run_at(row, slots.get(row.name))
+        next_at = effective.next_run_at(row, slots.get(row.name), now)
         last = latest.get(row.name)
         lines.append(
             JobLine(
                 row.name,
-                row.schedule().describe(),
+                effective.schedule_of(row).describe(),
                 job_state(row, last, next_at, now),
                 row.paused,
                 bool(row.definition.get("enabled", True)),
                 next_at,
-                views.job_zone(row),
+                effective.zone_of(row),
                 last,
             )
         )
