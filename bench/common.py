@@ -194,6 +194,8 @@ def database(kind: str, folder: Path) -> Iterator[str]:
 BODIES = {
     "trivial": "    return None",
     "record": "    record(ctx)",
+    # The start as the job itself sees it: time.time() is its first line.
+    "stamp": "    at = time.time()\n    record(ctx, at)",
     "sleep200": "    time.sleep(0.2)",
     "hold": "    ctx.cancelled.wait(600)",
     "hold3": "    ctx.cancelled.wait(3)",
@@ -208,13 +210,14 @@ _fd = None
 _lock = threading.Lock()
 
 
-def record(ctx):
+def record(ctx, at=None):
     global _fd
     if _fd is None:
         with _lock:
             if _fd is None:
                 _fd = os.open(os.environ["BENCH_SINK"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    os.write(_fd, f"{os.getpid()} {ctx.job} {ctx.scheduled_for.timestamp():.6f}\\n".encode())
+    stamp = "" if at is None else f" {at:.6f}"
+    os.write(_fd, f"{os.getpid()} {ctx.job} {ctx.scheduled_for.timestamp():.6f}{stamp}\\n".encode())
 '''
 
 

@@ -69,7 +69,12 @@ def _trials(p: dict[str, Any], base: Path, url: str) -> tuple[list[dict[str, Any
         with store.db.read() as conn:
             query = sa.select(runs.c.pid, runs.c.owner, runs.c.started_at).where(runs.c.status == "running")
             current = conn.execute(query.order_by(runs.c.started_at.desc()).limit(1)).first()
-        if current is None or time.time() - current.started_at.timestamp() > 2.0:
+        # a run's start is written once it has been executing for a moment
+        if (
+            current is None
+            or current.started_at is None
+            or time.time() - current.started_at.timestamp() > 2.0
+        ):
             return None
         lease = store.cluster.lease(LEADER)
         return current if (lease is not None and lease.holder == current.owner) == want_leader else None

@@ -74,7 +74,7 @@ def _ours(folder: Path, p: dict[str, Any]) -> dict[str, Any]:
     isolation = ProcessIsolation(folder)
     isolation.prewarm()
     stop = threading.Event()
-    runner = Runner(SystemClock(), 1, 65536, record, lambda c, a: None, lambda r: None, stop, isolation)
+    runner = Runner(SystemClock(), 1, 65536, record, lambda c, a: None, stop, isolation=isolation)
     out: dict[str, Any] = {}
     for label, name in (("thread", "iso.in_thread"), ("process", "iso.in_process")):
         times = []

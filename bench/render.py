@@ -6,6 +6,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from bench import render_headline
+
 FINDINGS = Path(__file__).with_name("FINDINGS.md")
 POOL_SIZE = 8
 
@@ -53,7 +55,7 @@ def _lat(result: Any) -> str:
 
 def tables(results: dict[str, Any], plan: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]]]]:
     """(title, header, rows) for every section that ran."""
-    out: list[tuple[str, list[str], list[list[str]]]] = []
+    out: list[tuple[str, list[str], list[list[str]]]] = list(render_headline.tables(results))
     if "lateness" in results:
         rows = []
         for row in results["lateness"]:
@@ -313,8 +315,10 @@ def _trials(trials: list[dict[str, Any]]) -> str:
 
 
 def targets(results: dict[str, Any], plan: dict[str, Any]) -> list[tuple[str, str, str]]:
-    """(target, measured figure, 'met' / 'NOT met' / 'not measured')."""
-    out: list[tuple[str, str, str]] = []
+    """(target, measured figure, 'met' / 'NOT met' / 'not measured'); the headline targets first."""
+    out: list[tuple[str, str, str]] = list(render_headline.targets(results))
+    if "lateness" not in results:  # a --headline run: only its own targets
+        return out
 
     def verdict(ok: bool | None) -> str:
         return "not measured" if ok is None else ("met" if ok else "**NOT met**")
@@ -447,12 +451,13 @@ def markdown(results: dict[str, Any], meta: dict[str, Any]) -> str:
     lines = [
         "# Benchmarks: scheduler vs APScheduler 3.11 and timeloop",
         "",
-        "Regenerate this file (about 20 minutes; PostgreSQL on 127.0.0.1:5432 must be up):",
+        "Regenerate this file (about 30 minutes; PostgreSQL on 127.0.0.1:5432 must be up):",
         "",
         "```",
         ".venv/bin/python -m bench.run --all",
         "```",
         "",
+        "`--headline` runs only the headline cases, jobs due together (about 10 minutes).",
         "`--quick` runs every benchmark for a few seconds (the smoke test uses it); `--only` picks",
         "sections; `--lateness-duration`, `--drift-duration`, `--idle-quiet`, `--throughput-duration`,",
         "`--once-duration`, `--once-peer-duration` and `--failover-trials` change the durations.",

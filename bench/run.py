@@ -1,6 +1,7 @@
 """Run the benchmarks, print a table, and write docs/BENCHMARKS.md.
 
-    .venv/bin/python -m bench.run --all            # the recorded run (about 20 minutes)
+    .venv/bin/python -m bench.run --all            # the recorded run (about 30 minutes)
+    .venv/bin/python -m bench.run --headline       # only the headline cases (about 10 minutes)
     .venv/bin/python -m bench.run --quick --output /tmp/b.md   # a smoke run (about a minute)
     .venv/bin/python -m bench.run --only lateness,drift --lateness-duration 30
 
@@ -24,9 +25,24 @@ from bench import render
 from bench.common import REPO, machine, pg_problem, run_child, versions
 
 DEFAULT_OUTPUT = REPO / "docs" / "BENCHMARKS.md"
-SECTIONS = ("lateness", "drift", "idle", "throughput", "once", "failover", "startup", "isolation")
+SECTIONS = ("headline", "lateness", "drift", "idle", "throughput", "once", "failover", "startup", "isolation")
+
+# The headline cases (bench/burst.py): jobs due together, lateness from inside the job body.
+HEADLINE_FULL: dict[str, Any] = {
+    "burst": {"jobs": 10_000, "interval": 30.0, "slots": 2},
+    "second": {"jobs": 1000, "interval": 1.0, "slots": 60},
+    "cluster": {"db": "postgresql", "instances": 3, "jobs": 10_000, "interval": 30.0, "slots": 2},
+    "minute": {"jobs": 10_000, "interval": 60.0, "slots": 1},
+}
+HEADLINE_QUICK: dict[str, Any] = {
+    "burst": {"jobs": 200, "interval": 4.0, "slots": 1, "lead": 1.0, "drain_wait": 5.0},
+    "second": {"jobs": 20, "interval": 1.0, "slots": 2, "lead": 1.0, "drain_wait": 5.0},
+    "cluster": {"db": "postgresql", "instances": 3, "jobs": 200, "interval": 4.0, "slots": 1, "lead": 1.0},
+    "minute": {"jobs": 200, "interval": 4.0, "slots": 1, "lead": 1.0, "drain_wait": 5.0},
+}
 
 FULL: dict[str, Any] = {
+    "headline": HEADLINE_FULL,
     "lateness": {
         "sizes": [[100, 10.0], [1000, 10.0], [10000, 60.0]],
         "duration": 60.0,
@@ -56,6 +72,7 @@ FULL: dict[str, Any] = {
 }
 
 QUICK: dict[str, Any] = {
+    "headline": HEADLINE_QUICK,
     "lateness": {
         "sizes": [[20, 1.0]],
         "duration": 1.5,
@@ -98,6 +115,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     plan = _plan(args)
     sections = SECTIONS if args.all or not args.only else tuple(s.strip() for s in args.only.split(","))
+    if args.headline:
+        sections = ("headline",)
     unknown = [s for s in sections if s not in SECTIONS]
     if unknown:
         print(
@@ -167,6 +186,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--all", action="store_true", help="run every section (the default without --only)")
     parser.add_argument("--only", help=f"comma-separated sections: {', '.join(SECTIONS)}")
     parser.add_argument("--quick", action="store_true", help="tiny durations: checks that everything runs")
+    parser.add_argument("--headline", action="store_true", help="only the headline cases (jobs due together)")
     parser.add_argument("--output", default=str(DEFAULT_OUTPUT), help="Markdown report path ('-': none)")
     parser.add_argument(
         "--results", help="JSON file of the raw results (default: bench/results.json for the recorded run)"
@@ -207,6 +227,18 @@ def _child(module: str, params: dict[str, Any], timeout: float) -> dict[str, Any
     except RuntimeError as exc:
         print(f"   FAILED: {exc}", flush=True)
         return {"error": str(exc)}
+
+
+def run_headline(plan: dict[str, Any]) -> dict[str, Any]:
+    """Each case for ours, then (on one instance) for APScheduler, one after the other."""
+    results: dict[str, Any] = {}
+    for case, params in plan.items():
+        timeout = params.get("interval", 30.0) * (params.get("slots", 1) + 2) + 300
+        row = {"ours": _child("burst", {"impl": "ours", **params}, timeout)}
+        if params.get("instances", 1) == 1:
+            row["apscheduler"] = _child("burst", {"impl": "apscheduler", **params}, timeout)
+        results[case] = row
+    return results
 
 
 def run_lateness(plan: dict[str, Any]) -> list[dict[str, Any]]:
@@ -286,6 +318,7 @@ def run_isolation(plan: dict[str, Any]) -> dict[str, Any]:
 
 
 RUNNERS = {
+    "headline": run_headline,
     "lateness": run_lateness,
     "drift": run_drift,
     "idle": run_idle,

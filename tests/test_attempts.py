@@ -44,7 +44,7 @@ def test_retry_attempts_are_written_by_the_recorder_thread_not_the_job_thread(tm
     def set_attempt(claimed: Claimed, attempt: int) -> None:
         recorder.record_attempt(claimed.run_id, claimed.fence, attempt)
 
-    runner = Runner(clock, 1, 4096, recorder.record, set_attempt, lambda r: None, stop)
+    runner = Runner(clock, 1, 4096, recorder.record, set_attempt, stop)
     calls = []
 
     def flaky() -> None:

@@ -54,6 +54,22 @@ def test_lateness_benchmark_records_every_slot_for_both_schedulers(results: dict
             assert row[impl]["expected_runs"] > 0
 
 
+def test_headline_cases_time_every_run_from_inside_its_body_beside_apscheduler(
+    results: dict[str, Any],
+) -> None:
+    headline = results["headline"]
+    assert set(headline) == {"burst", "second", "cluster", "minute"}
+    for case, row in headline.items():
+        _no_error(row["ours"])
+        assert row["ours"]["executions"] == row["ours"]["expected"] > 0, case
+        assert row["ours"]["duplicates"] == 0
+        assert row["ours"]["max_heartbeat_gap_s"] > 0  # heartbeats were watched
+        if case != "cluster":  # APScheduler is single-process
+            _no_error(row["apscheduler"])
+            assert row["apscheduler"]["executions"] > 0
+    assert len(headline["cluster"]["ours"]["share_percent"]) >= 1
+
+
 def test_drift_benchmark_runs_all_three_schedulers(results: dict[str, Any]) -> None:
     for impl in ("ours", "apscheduler", "timeloop"):
         _no_error(results["drift"][impl])
@@ -161,5 +177,5 @@ def test_run_command_rejects_an_unknown_section() -> None:
     assert proc.returncode == 2
     assert proc.stderr.strip() == (
         "bench: --only: unknown section 'nonsense' "
-        "(choose from lateness, drift, idle, throughput, once, failover, startup, isolation)"
+        "(choose from headline, lateness, drift, idle, throughput, once, failover, startup, isolation)"
     )

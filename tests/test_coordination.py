@@ -27,6 +27,8 @@ from scheduler.jobs.registry import make_spec
 from scheduler.store import Claim, Outcome, Owner, Store
 from scheduler.store.cluster import LEADER
 
+from tests.support.polling import wait_until
+
 HEARTBEAT = timedelta(seconds=1)
 TTL = timedelta(seconds=3)
 SETTLE = timedelta(seconds=2)
@@ -292,17 +294,21 @@ def _dispatcher(
         64 * 1024,
         lambda outcome: store.runs.finish([outcome]) and None,
         lambda claimed, attempt: None,
-        lambda run: None,
         stop,
+        began=lambda claimed, at: store.runs.mark_started([(claimed.run_id, claimed.fence, at)]),
     )
     owner = Owner(f"id-{name}", name, 4_100_000 + capacity)
     return Dispatcher(store, clock, runner, owner, TTL, 100, 1.0, Health(clock), capacity)
 
 
 def test_saturated_instance_leaves_due_slots_to_a_peer(sqlite_url: str, clock: FakeClock) -> None:
+    """An instance whose every thread is executing leaves the next slots to a peer; its runs
+    still waiting for a thread are overtaken (recorded missed, "overloaded: ...")."""
     release, stop = threading.Event(), threading.Event()
+    executing = threading.Semaphore(0)
 
     def block(ctx: object) -> None:
+        executing.release()
         release.wait(10)
 
     specs = {
@@ -315,14 +321,21 @@ def test_saturated_instance_leaves_due_slots_to_a_peer(sqlite_url: str, clock: F
         rows = store.jobs.sync(specs.values(), clock.now())
         for d in (busy, idle):
             d.load(specs, rows, {})
-        slot = clock.advance(timedelta(seconds=1))  # the first slot of every job is due
-        assert len(busy.tick(clock.now())) == 2, "claimed more than its free threads"
-        assert len(store.runs.history()) == 2, "deferred slots were claimed"
-        assert len(idle.tick(clock.now())) == 3, "the peer did not get the slots left to it"
+        clock.advance(timedelta(seconds=1))  # the first slot of every job is due
+        assert len(busy.tick(clock.now())) == 5, "a free thread: the whole burst is claimed and queued"
+        assert executing.acquire(timeout=10) and executing.acquire(timeout=10)
+        assert busy.runner.executing() == 2 and len(busy.runner.waiting_ids()) == 3
+        slot = clock.advance(timedelta(minutes=1))  # the second slot
+        assert busy.tick(clock.now()) == [], "every thread executing: the slots are left to the peer"
+        won = idle.tick(clock.now())
+        # two jobs are executing on `busy`: skipped; three only wait there: they run on the peer
+        assert sorted(c.status for c in won) == ["running"] * 3 + ["skipped"] * 2
         clock.advance(DEFER_LIMIT)
         assert busy.tick(clock.now()) == []  # past the limit it claims, and loses to the peer
-        slot_owners = [(r.job, r.owner) for r in store.runs.history()]
-        assert len(slot_owners) == 5 and len({job for job, _ in slot_owners}) == 5
+        firsts = [r for r in store.runs.history() if r.scheduled_for < slot]
+        wait_until(lambda: sum(store.runs.get(r.id).status == "missed" for r in firsts) == 3)
+        missed = [store.runs.get(r.id) for r in firsts if store.runs.get(r.id).status == "missed"]
+        assert all((m.error_message or "").startswith("overloaded: ") for m in missed)
         assert busy.next_due() == slot + timedelta(minutes=1)
     finally:
         release.set()

@@ -75,9 +75,7 @@ class Harness:
         self.store.upgrade()
         self.stop = threading.Event()
         self.guard = CrashLoopGuard(clock, after=2, pause_after=4, on_pause=pauser(self.store, clock))
-        self.runner = Runner(
-            clock, 1, 4096, self._record, lambda c, a: None, lambda r: None, self.stop, guard=self.guard
-        )
+        self.runner = Runner(clock, 1, 4096, self._record, lambda c, a: None, self.stop, guard=self.guard)
 
         def fail() -> None:
             raise RuntimeError("always broken")

@@ -109,8 +109,8 @@ class Harness:
         self.stop = threading.Event()
         self.isolation = ProcessIsolation(folder)
         self.runner = Runner(
-            SystemClock(), 4, 64 * 1024, self._record, lambda c, a: None, lambda r: None, self.stop,
-            self.isolation,
+            SystemClock(), 4, 64 * 1024, self._record, lambda c, a: None, self.stop,
+            isolation=self.isolation,
         )  # fmt: skip
 
     def _record(self, outcome: Outcome) -> None:

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from scheduler.clock import FakeClock
 from scheduler.engine import runlog
-from scheduler.engine.runner import ActiveRun, JobContext, Runner
+from scheduler.engine.runner import JobContext, Runner
 from scheduler.jobs.registry import JobSpec, make_spec
 from scheduler.store import Claim, Claimed, Outcome, Owner, RunRow, Store
 
@@ -29,10 +29,7 @@ class Harness:
         self.store.upgrade()
         self.stop = threading.Event()
         self.outcomes: list[Outcome] = []
-        self.done: list[ActiveRun] = []
-        self.runner = Runner(
-            clock, 2, max_log_bytes, self._record, self._set_attempt, self.done.append, self.stop
-        )
+        self.runner = Runner(clock, 2, max_log_bytes, self._record, self._set_attempt, self.stop)
 
     def _record(self, outcome: Outcome) -> None:
         self.outcomes.append(outcome)
@@ -109,7 +106,7 @@ def test_a_successful_run_is_recorded_with_its_context(harness: Harness) -> None
     assert ctx.stopping is False
     assert (row.status, row.attempt, row.error_type) == ("succeeded", 1, None)
     assert row.started_at == NOW and row.finished_at == NOW
-    assert len(harness.done) == 1 and harness.runner.active() == []
+    assert len(harness.runner.drain_ended()) == 1 and harness.runner.active() == []
 
 
 def test_a_job_without_a_parameter_is_called_without_one(harness: Harness) -> None:

@@ -34,8 +34,13 @@ def slot(minutes: int) -> datetime:
     return NOW + timedelta(minutes=minutes)
 
 
-def claim_one(store: Store, job: str, at: datetime, owner: Owner = A, **kw: str) -> list[int]:
+def claim_one(
+    store: Store, job: str, at: datetime, owner: Owner = A, begin: bool = True, **kw: str
+) -> list[int]:
+    """Claim one slot; a run won is also begun (its start written), as the pool would."""
     won = store.runs.claim([Claim(job, at, **kw)], owner, NOW, NOW + LEASE)
+    if begin:
+        store.runs.mark_started([(c.run_id, c.fence, NOW) for c in won if c.status == "running"])
     return [c.run_id for c in won]
 
 
@@ -280,8 +285,8 @@ def test_two_running_claims_of_one_job_in_one_batch_run_only_the_first(store: St
 
 def test_overlap_queue_keeps_at_most_one_queued_run(store: Store) -> None:
     claim_one(store, "q.job", slot(1))
-    claim_one(store, "q.job", slot(2), if_busy="queued")
-    claim_one(store, "q.job", slot(3), if_busy="queued")
+    claim_one(store, "q.job", slot(2), overlap="queue")
+    claim_one(store, "q.job", slot(3), overlap="queue")
     statuses = [(r.scheduled_for, r.status) for r in rows(store, "q.job")]
     assert statuses == [(slot(1), "running"), (slot(2), "queued"), (slot(3), "skipped")]
 
@@ -434,7 +439,8 @@ def test_a_manual_trigger_runs_once(store: Store) -> None:
     ]
     assert store.runs.take_queued(["manual.job"], B, NOW, NOW + LEASE) == []
     row = store.runs.get(run_id)
-    assert (row.status, row.owner, row.attempt, row.started_at) == ("running", A.instance, 1, NOW)
+    # started_at is written when the function begins (or with the end), not when taken
+    assert (row.status, row.owner, row.attempt, row.started_at) == ("running", A.instance, 1, None)
     assert row.lateness_seconds is None  # manual runs are never "late"
 
 
@@ -500,7 +506,7 @@ def test_a_manual_trigger_for_a_busy_job_is_recorded_skipped(store: Store) -> No
 
 def test_a_queued_overlap_waits_until_the_job_is_free(store: Store) -> None:
     (first,) = claim_one(store, "wait.job", slot(1))
-    (queued,) = claim_one(store, "wait.job", slot(2), if_busy="queued")
+    (queued,) = claim_one(store, "wait.job", slot(2), overlap="queue")
     assert store.runs.take_queued(["wait.job"], A, NOW, NOW + LEASE) == []
     assert store.runs.get(queued).status == "queued"
     finish(store, first, 1)

@@ -11,7 +11,7 @@ from scheduler.alerting.findings import overrunning
 from scheduler.clock import FakeClock
 from scheduler.engine.runner import STUCK_MARGIN, Runner
 from scheduler.jobs.registry import make_spec
-from scheduler.store import Claim, Outcome, Owner, Store
+from scheduler.store import Claim, Claimed, Outcome, Owner, Store
 
 from tests.support.polling import wait_until
 
@@ -36,7 +36,10 @@ def test_a_stuck_thread_run_gets_an_overrunning_finding_naming_its_stack(tmp_pat
     def note(claimed: object, stack: str) -> None:
         store.runs.note_stack(claimed.run_id, claimed.fence, stack)  # type: ignore[attr-defined]
 
-    runner = Runner(clock, 1, 4096, record, lambda c, a: None, lambda r: None, stop, note_stack=note)
+    def began(claimed: Claimed, at: datetime) -> None:  # the daemon's recorder writes it 50 ms in
+        store.runs.mark_started([(claimed.run_id, claimed.fence, at)])
+
+    runner = Runner(clock, 1, 4096, record, lambda c, a: None, stop, began=began, note_stack=note)
     spec = make_spec(
         stuck_in_here, name="stuck.job", interval=timedelta(hours=1), timeout=timedelta(seconds=1)
     )

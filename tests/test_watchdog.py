@@ -86,6 +86,7 @@ def join(store: Store, clock: FakeClock, jobs: list[str], problems: list[dict[st
 
 def start_run(store: Store, clock: FakeClock, slot: datetime, job: str = JOB) -> Claimed:
     [won] = store.runs.claim([Claim(job, slot)], OWNER, clock.now(), clock.now() + timedelta(days=1))
+    store.runs.mark_started([(won.run_id, won.fence, clock.now())])  # its function began, as in the pool
     return won
 
 
@@ -742,6 +743,7 @@ def test_run_facts_behind_a_long_run_of_skipped_slots_are_still_found(store: Sto
     owner = Owner("facts", "facts-host", 1)
     start = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
     won = store.runs.claim([Claim("facts.job", start)], owner, start, start + timedelta(hours=1))
+    store.runs.mark_started([(won[0].run_id, won[0].fence, start)])  # its function began, as in the pool
     store.runs.finish([Outcome(won[0].run_id, won[0].fence, "failed", start + timedelta(seconds=2))])
     later = [Claim("facts.job", start + timedelta(minutes=i), status="skipped") for i in range(1, 12)]
     store.runs.claim(later, owner, start, start)
@@ -749,6 +751,6 @@ def test_run_facts_behind_a_long_run_of_skipped_slots_are_still_found(store: Sto
 
     activity = store.runfacts.activity(["facts.job", "quiet.job", "never.job"], depth=2)
 
-    assert activity.last_started == {"facts.job": start}  # the claim time: the run's start
+    assert activity.last_started == {"facts.job": start}  # the run's start
     assert [(r.id, r.status) for r in activity.outcomes["facts.job"]] == [(won[0].run_id, "failed")]
     assert activity.outcomes["quiet.job"] == [] and activity.outcomes["never.job"] == []

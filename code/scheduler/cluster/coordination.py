@@ -2,9 +2,9 @@
 
 Each cycle (every `heartbeat`) an instance renews its membership row and the
 leases of its running runs, then tries to take or keep the leader lease. Only
-the leader runs the chores (reaping the work of dead instances, retention),
-and only while its lease is provably held: it stops acting as soon as a
-renewal fails. After a database outage it waits `settle_time`
+the leader runs the chores (reaping the work of dead instances, retention,
+the watchdog), and only while its lease is provably held: it stops acting as
+soon as a renewal fails. After a database outage it waits `settle_time`
 before reaping, so peers that were merely cut off too get to renew first.
 The leader's writes are fenced by its term: a deposed leader's reap matches
 no row. At a graceful stop the instance steps down at once but keeps
@@ -30,6 +30,8 @@ from scheduler.store import InstanceRow, Owner, Store
 from scheduler.store.cluster import LEADER, LeaderFence
 
 log = logging.getLogger(__name__)
+
+LEADING = "leader: leading"  # what a beat returns when the chores are this instance's to do
 
 Chore = Callable[[datetime], None]
 RETENTION_EVERY = timedelta(hours=1)
@@ -79,6 +81,8 @@ class Coordinator:
         self._jobs: set[str] = set()
         self._unknown_checked: datetime | None = None
         self._reported_unknown: set[str] = set()
+        self._reported_orphans: set[str] = set()
+        self._check_jobs = False  # the chores report orphaned jobs after a beat checked unknown ones
 
     # -- start-up -------------------------------------------------------------
 
@@ -118,9 +122,27 @@ class Coordinator:
     # -- the cycle ------------------------------------------------------------
 
     def step(self, now: datetime) -> str:
-        """One heartbeat cycle; returns a sentence saying what was decided and why."""
+        """One heartbeat cycle, then the leader's chores; returns a sentence saying what was
+        decided and why."""
+        with self._lock:
+            sentence = self._step(now)
+        if sentence != LEADING:
+            return sentence
+        return "leader: " + self.chores_step(now)
+
+    def beat(self, now: datetime) -> str:
+        """Only the heartbeat: membership, run leases, the leader lease (never waits for chores)."""
         with self._lock:
             return self._step(now)
+
+    def chores_step(self, now: datetime) -> str:
+        """The leader's chores (reaping, retention, orphans, registered chores), if it leads."""
+        if not self.holds_lease():
+            return "not leading"
+        if self.clock.monotonic() < self._settle_until:
+            return "settling after a database outage, not reaping yet"
+        check_jobs, self._check_jobs = self._check_jobs, False
+        return self._chores(now, check_jobs)
 
     def _step(self, now: datetime) -> str:
         mono = self.clock.monotonic()
@@ -142,6 +164,7 @@ class Coordinator:
             if check_jobs:
                 self._unknown_checked = now
                 self._check_unknown_jobs(now)
+                self._check_jobs = True
         except SchedulerError as exc:
             self._lose_leadership("cannot reach the database")
             self.health.database(False, str(exc))
@@ -162,7 +185,7 @@ class Coordinator:
         self._lease_valid_until = mono + self.settings.lease_ttl.total_seconds()
         if mono < self._settle_until:
             return "leader: settling after a database outage, not reaping yet"
-        return "leader: " + self._chores(now)
+        return LEADING
 
     def _renew(self, expires: datetime) -> None:
         ids = None if self.active_runs is None else self.active_runs()
@@ -180,7 +203,7 @@ class Coordinator:
         assert self.term is not None
         return LeaderFence(LEADER, self.owner.instance, self.term)
 
-    def _chores(self, now: datetime) -> str:
+    def _chores(self, now: datetime, check_jobs: bool) -> str:
         done = [self._reap(now)]
         if self._last_retention is None or now - self._last_retention >= RETENTION_EVERY:
             self._last_retention = now
@@ -254,6 +277,20 @@ class Coordinator:
                 holders.setdefault(name, []).append(inst.host)
         return holders
 
+    def _report_orphans(self, now: datetime) -> str:
+        """Leader: jobs in the database that no live instance has loaded are not run at all."""
+        names = {row.name for row in self.store.jobs.all() if not row.paused}
+        holders = self._holders(now)
+        orphans = {n for n in names if n not in holders}
+        for name in sorted(orphans - self._reported_orphans):
+            log.warning(
+                "job %s is loaded by no live instance: its slots are not run",
+                name,
+                extra={"job": name, "action": "orphan-job"},
+            )
+        self._reported_orphans = orphans
+        return f"{len(orphans)} jobs without an instance" if orphans else ""
+
     def _retention(self, now: datetime) -> str:
         cutoff = now - self.settings.retention
         pruned = self.store.runs.prune(cutoff)
@@ -261,21 +298,25 @@ class Coordinator:
         return f"pruned {pruned} runs" if pruned else ""
 
     def run(self, stop: threading.Event) -> None:
+        """Heartbeats every period, on a thread of their own: chores (`run_chores`) never delay them."""
+        self._loop(stop, self.beat, "heartbeat")
+
+    def run_chores(self, stop: threading.Event) -> None:
+        """The leader's chores every heartbeat period, on their own thread."""
+        self._loop(stop, self.chores_step, "leader chores")
+
+    def _loop(self, stop: threading.Event, cycle: Callable[[datetime], str], what: str) -> None:
         period = self.settings.heartbeat.total_seconds()
         while not stop.is_set():
             started = self.clock.monotonic()
             try:
-                sentence = self.step(self.clock.now())
-                log.debug("coordination: %s", sentence)
+                sentence = cycle(self.clock.now())
+                log.debug("coordination (%s): %s", what, sentence)
             except Exception:
-                log.exception("coordination cycle failed; carrying on")
+                log.exception("%s cycle failed; carrying on", what)
             elapsed = self.clock.monotonic() - started
             if elapsed > period:
-                log.warning(
-                    "coordination cycle took %.1fs, longer than the heartbeat %.1fs",
-                    elapsed,
-                    period,
-                )
+                log.warning("%s cycle took %.1fs, longer than the heartbeat %.1fs", what, elapsed, period)
             self.clock.wait(max(0.0, period - elapsed), stop)
 
     def step_down(self) -> None:

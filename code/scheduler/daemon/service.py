@@ -112,8 +112,11 @@ class Service:
                 extra={"job": run.job, "run_id": run.id, "action": "abandoned"},
             )
         self._load_jobs(now)
+        # Loading 10,000 jobs takes seconds: the instance row's heartbeat and expiry are from now,
+        # not from before the load (it would join the cluster already expired).
+        now = self.clock.now()
         self.coordinator.register(sorted(self.specs), self._problem_dicts(), now)
-        self.coordinator.step(now)
+        self.coordinator.beat(now)  # membership and leases now; the chores run on their own thread
         log.info(
             "started instance %s (pid %d) with %d jobs on %s",
             self.owner.instance,
@@ -123,6 +126,7 @@ class Service:
         )
         self.recorder.start()
         self._coordinator_thread = self._spawn("coordinator", self.coordinator.run, self._drained)
+        self._spawn("chores", self.coordinator.run_chores)
         self._spawn("dispatcher", self.dispatcher.run)
         self.watchdog.announce()
         self._spawn("watchdog", self.watchdog.run)
@@ -184,6 +188,7 @@ class Service:
     def serve_forever(self) -> None:
         """Block until stopped (signal handlers set the events), then shut down."""
         while not self.stop_event.is_set():
+            self.metrics.observe_ended()  # read from the runner: nothing calls up into this layer
             proctitle.set_state(self.title_state())
             if self.reload_event.wait(0.5):
                 self.reload_event.clear()

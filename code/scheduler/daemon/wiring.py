@@ -25,7 +25,7 @@ from scheduler.engine.dispatcher import Dispatcher
 from scheduler.engine.guard import CrashLoopGuard, pauser
 from scheduler.engine.isolation import ProcessIsolation
 from scheduler.engine.recorder import Recorder
-from scheduler.engine.runner import ActiveRun, Runner
+from scheduler.engine.runner import Runner
 from scheduler.errors import SchedulerError
 from scheduler.operator.http import Api
 from scheduler.operator.metrics import Metrics
@@ -48,17 +48,17 @@ def build_service(settings: Settings, clock: Clock | None = None) -> Service:
     owner = Owner(uuid.uuid4().hex[:12], settings.instance_name, os.getpid())
     health = Health(clock)
     recorder = Recorder(
-        clock, store.runs.finish, spool_path(settings), health.database, store.runs.set_attempt
+        clock,
+        store.runs.finish,
+        spool_path(settings),
+        health.database,
+        mark_started=store.runs.mark_started,
+        write_attempt=store.runs.set_attempt,
     )
     health.when_recovered(recorder.nudge)
 
     def set_attempt(claimed: Claimed, attempt: int) -> None:
         recorder.record_attempt(claimed.run_id, claimed.fence, attempt)
-
-    def on_run_done(run: ActiveRun) -> None:
-        metrics.observe_run(run)
-        # A queued slot of this job may now run: let the dispatcher look at once.
-        dispatcher.poll_soon()
 
     def answering_for() -> set[int]:
         """Runs whose leases this process renews: running here, or ended with the outcome unwritten."""
@@ -84,11 +84,11 @@ def build_service(settings: Settings, clock: Clock | None = None) -> Service:
         settings.max_log_bytes,
         recorder.record,
         set_attempt,
-        on_run_done,
         stop,
-        isolation,
-        guard,
-        note_stack,
+        began=recorder.began,
+        isolation=isolation,
+        guard=guard,
+        note_stack=note_stack,
     )
     dispatcher = Dispatcher(
         store,
@@ -100,12 +100,14 @@ def build_service(settings: Settings, clock: Clock | None = None) -> Service:
         min(1.0, settings.heartbeat.total_seconds()),
         health,
         settings.pool_size,
+        unwritten=recorder.pending_runs,
     )
     coordinator = Coordinator(store, clock, settings, owner, health, answering_for)
     # Its own thread on every instance; job checks on the leader only.
     watchdog = Watchdog(
         store, clock, settings, health, worker=owner.instance, leading=coordinator.holds_lease
     )
+    # The metrics read the runs that ended from the runner (runner.drain_ended): nothing calls up.
     metrics = Metrics(
         store,
         health,
@@ -114,6 +116,7 @@ def build_service(settings: Settings, clock: Clock | None = None) -> Service:
         coordinator.holds_lease,
         lambda: len(runner.active()),
         per_job_histograms=settings.metrics_per_job_histograms,
+        ended=runner.drain_ended,
     )
 
     def bind_http() -> HttpServer:

@@ -13,6 +13,7 @@ import itertools
 import logging
 import random
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -38,6 +39,10 @@ MAX_BACKOFF = 5.0
 # after DEFER_LIMIT it claims them anyway and the pool queues them.
 DEFER_STEP = timedelta(seconds=0.1)
 DEFER_LIMIT = timedelta(seconds=0.5)
+# Jobs per claim transaction: each chunk's runs start as soon as it commits.
+CLAIM_CHUNK = 500
+# While runs are in flight the loop looks this often whether one ended (a queued slot may be free).
+ENDED_CHECK = 0.05
 
 
 @dataclass
@@ -62,6 +67,7 @@ class Dispatcher:
         poll_interval: float,
         health: Health,
         capacity: int | None = None,
+        unwritten: Callable[[], set[int]] = set,
     ) -> None:
         self.store = store
         self.clock = clock
@@ -71,8 +77,9 @@ class Dispatcher:
         self.catchup_limit = catchup_limit
         self.poll_interval = poll_interval
         self.health = health
-        self.capacity = capacity  # runs the pool can start at once; None: claim every due slot
-        self._poll_now = False
+        self.capacity = capacity  # threads of the pool; None: never leave slots to peers
+        self.unwritten = unwritten  # runs ended here whose end is not written yet (not busy)
+        self._ended_seen = 0
         self.states: dict[str, JobState] = {}
         self._heap: list[tuple[datetime, int, str]] = []
         self._seq = itertools.count()
@@ -163,6 +170,12 @@ class Dispatcher:
     def tick(self, now: datetime) -> list[Claimed]:
         """Claim every slot due at `now`; start the runs won. Returns what was won.
 
+        The due jobs are decided, claimed and started CLAIM_CHUNK at a time, each chunk in
+        its own short transaction, so the first runs of a burst start while the rest is
+        still being claimed. On PostgreSQL the chunks are taken in a random order and locked
+        with SKIP LOCKED: instances claiming one burst at once each take a share instead of
+        queuing behind the first one's locks.
+
         Raises nothing: a database error leaves the due slots undecided, to be
         retried (and caught up per policy) on a later tick.
         """
@@ -183,60 +196,94 @@ class Dispatcher:
                 if state is not None and state.next_at == at:
                     due.append(state)
             due, deferred = self._within_capacity(due, now)
-            claims, decided = self._decide(due, now)
-            notes, self._catchup_notes = self._catchup_notes, []
-        won: list[Claimed] = []
-        failed = False
-        if claims:
-            try:
-                won = self.store.runs.claim(claims, self.owner, now, now + self.lease_ttl)
-            except SchedulerError as exc:
-                failed = True
-                self.health.database(False, str(exc))
-                self._backoff = min(MAX_BACKOFF, self._backoff * 2)
-                log.debug("claim failed, slots stay undecided: %s", exc)
-            else:
-                self.health.database(True, "")
-                self._backoff = MIN_BACKOFF
-                self._log_catchup(notes)
-        with self._lock:
-            for state in due:
-                if failed:
-                    # Undecided: retry soon; the catch-up policy applies if it stays down.
-                    state.next_at = now + timedelta(seconds=self._backoff)
-                    self._backing_off.add(state.spec.name)
-                else:
-                    self._backing_off.discard(state.spec.name)
-                    state.cursor = decided.get(state.spec.name, state.cursor)
-                    if not state.row.paused:
-                        state.recorded = state.cursor
-                    state.next_at = state.schedule.next_after(state.cursor)
-                heapq.heappush(self._heap, (state.next_at, next(self._seq), state.spec.name))
             for state in deferred:
                 state.next_at = now + DEFER_STEP  # the cursor stays: the slot is still undecided
                 heapq.heappush(self._heap, (state.next_at, next(self._seq), state.spec.name))
-        self._start(won)
+        if not self.store.is_sqlite:
+            random.shuffle(due)
+        won: list[Claimed] = []
+        failed = False
+        for start in range(0, len(due), CLAIM_CHUNK):
+            chunk = due[start : start + CLAIM_CHUNK]
+            if failed:  # the database failed on an earlier chunk: the rest stays undecided too
+                self._settle(chunk, now, {}, set(), failed=True)
+                continue
+            got, failed = self._tick_chunk(chunk, now)
+            won += got
         if not failed and not deferred:
             self.health.mark_caught_up()  # the first decided tick after start-up did the catch-up
         return won
 
+    def _tick_chunk(self, chunk: list[JobState], now: datetime) -> tuple[list[Claimed], bool]:
+        """Decide, claim and start one chunk of due jobs; returns (won, whether the database failed)."""
+        with self._lock:
+            claims, decided = self._decide(chunk, now)
+            notes, self._catchup_notes = self._catchup_notes, []
+        if decided:
+            # A run still waiting for a thread when its job's next slot is due has been overtaken:
+            # it is recorded missed ("overloaded: ..."), and the new slot is claimed instead.
+            self.runner.supersede(decided, "the instance fell behind")
+        won: list[Claimed] = []
+        left: set[str] = set()
+        if claims:
+            idle = self.runner.waiting_ids() | self.unwritten()
+            try:
+                won, left = self.store.runs.claim_some(claims, self.owner, now, now + self.lease_ttl, idle)
+            except SchedulerError as exc:
+                self.health.database(False, str(exc))
+                self._backoff = min(MAX_BACKOFF, self._backoff * 2)
+                log.debug("claim failed, slots stay undecided: %s", exc)
+                self._settle(chunk, now, decided, left, failed=True)
+                return [], True
+            self.health.database(True, "")
+            self._backoff = MIN_BACKOFF
+            self._log_catchup(notes)
+            self._start(won)
+        self._settle(chunk, now, decided, left, failed=False)
+        return won, False
+
+    def _settle(
+        self,
+        chunk: list[JobState],
+        now: datetime,
+        decided: dict[str, datetime],
+        left: set[str],
+        *,
+        failed: bool,
+    ) -> None:
+        """Move the cursors of a chunk's decided jobs and put every job of the chunk back on the heap."""
+        with self._lock:
+            for state in chunk:
+                name = state.spec.name
+                if failed:
+                    # Undecided: retry soon; the catch-up policy applies if it stays down.
+                    state.next_at = now + timedelta(seconds=self._backoff)
+                    self._backing_off.add(name)
+                elif name in left:
+                    state.next_at = now + DEFER_STEP  # a peer is claiming it: look again shortly
+                else:
+                    self._backing_off.discard(name)
+                    state.cursor = decided.get(name, state.cursor)
+                    if not state.row.paused:
+                        state.recorded = state.cursor
+                    state.next_at = state.schedule.next_after(state.cursor)
+                heapq.heappush(self._heap, (state.next_at, next(self._seq), name))
+
     def _within_capacity(self, due: list[JobState], now: datetime) -> tuple[list[JobState], list[JobState]]:
         """Split due jobs into those to claim now and those left to less busy peers for a moment.
 
-        Without this the first instance to claim wins every slot due at one instant and
-        queues them on its pool while its peers idle; skip-if-running then skips the next
-        slots of jobs that are only waiting for a thread. A random pick spreads the claims.
+        Only an instance whose every thread is executing (long runs) leaves due slots to
+        its peers, for up to DEFER_LIMIT: then it claims them anyway and they wait in its
+        queue. An instance with a free thread claims the whole burst (its queue drains
+        it); a burst is split between instances by claiming, not by deferring.
         """
-        if self.capacity is None or not due:
+        if self.capacity is None or not due or self.runner.executing() < self.capacity:
             return due, []
-        free = max(0, self.capacity - len(self.runner.active()))
-        active = [s for s in due if not s.row.paused]
-        if len(active) <= free:
-            return due, []
-        random.shuffle(active)
-        take = [s for s in due if s.row.paused] + active[:free]
+        take = [s for s in due if s.row.paused]
         deferred: list[JobState] = []
-        for state in active[free:]:
+        for state in due:
+            if state.row.paused:
+                continue
             slot = state.schedule.next_after(state.cursor)
             (take if now - slot >= DEFER_LIMIT else deferred).append(state)
         return take, deferred
@@ -255,21 +302,21 @@ class Dispatcher:
         return claims, decided
 
     def _claims_for(self, spec: JobSpec, slots: list[datetime], now: datetime, cut: bool) -> list[Claim]:
-        if_busy = "queued" if spec.overlap == "queue" else "skipped"
+        overlap = spec.overlap  # applied by the store, which sees the runs executing in the cluster
         latest = slots[-1]
         on_time = now - latest <= MISFIRE_GRACE
         if len(slots) == 1 and on_time:
-            return [Claim(spec.name, latest, "schedule", "running", if_busy)]
+            return [Claim(spec.name, latest, "schedule", "running", overlap)]
         self._catchup_notes.append((spec.name, len(slots) - (1 if on_time else 0), cut, latest, spec.catchup))
         if spec.catchup == "all":
             first, rest = slots[0], slots[1:]
-            return [Claim(spec.name, first, "catchup", "running", "queued")] + [
+            return [Claim(spec.name, first, "catchup", "running", "queue")] + [
                 Claim(spec.name, s, "catchup", "queued") for s in rest
             ]
         missed = [Claim(spec.name, s, "catchup", "missed") for s in slots[:-1]]
         if spec.catchup == "latest" or on_time:
             trigger = "schedule" if on_time else "catchup"
-            return missed + [Claim(spec.name, latest, trigger, "running", if_busy)]
+            return missed + [Claim(spec.name, latest, trigger, "running", overlap)]
         return missed + [Claim(spec.name, latest, "catchup", "missed")]
 
     def _log_catchup(self, notes: list[tuple[str, int, bool, datetime, str]]) -> None:
@@ -292,7 +339,8 @@ class Dispatcher:
                 return []
             with self._lock:
                 names = [n for n, s in self.states.items() if not s.row.paused]
-            won = self.store.runs.take_queued(names, self.owner, now, now + self.lease_ttl)
+            idle = self.runner.waiting_ids() | self.unwritten()
+            won = self.store.runs.take_queued(names, self.owner, now, now + self.lease_ttl, idle)
         except SchedulerError as exc:
             self.health.database(False, str(exc))
             return []
@@ -300,6 +348,7 @@ class Dispatcher:
         return won
 
     def _start(self, won: list[Claimed]) -> None:
+        start = []
         for claimed in won:
             if claimed.status != "running":
                 log.info(
@@ -313,7 +362,8 @@ class Dispatcher:
                 continue
             state = self.states.get(claimed.job)
             if state is not None:
-                self.runner.start(claimed, state.spec)
+                start.append((claimed, state.spec))
+        self.runner.start_many(start)
 
     # -- the loop -----------------------------------------------------------
 
@@ -331,14 +381,15 @@ class Dispatcher:
                     self.rewind(now)
             last_wall, last_mono = now, mono
             try:
+                ended = self.runner.ended_count
                 if mono >= next_poll:
-                    self._poll_now = False
+                    self._ended_seen = ended
                     next_poll = mono + self.poll_interval
                     self.poll(now)
-                elif self._poll_now:
-                    # A run ended: only its queued slots are news. Overrides wait for the periodic
+                elif ended != self._ended_seen:
+                    # Runs ended: only their queued slots are news. Overrides wait for the periodic
                     # poll, so a busy instance does not re-read them after every run.
-                    self._poll_now = False
+                    self._ended_seen = ended
                     self.take_queued(now)
                 self.tick(now)
                 deadline = self.runner.check_deadlines()
@@ -349,18 +400,14 @@ class Dispatcher:
             self.wake.clear()
 
     def _timeout(self, now: datetime, mono: float, next_poll: float, deadline: float | None) -> float:
-        waits = [MAX_WAIT, next_poll - mono]
+        # While runs are in flight, look every ENDED_CHECK whether one ended (nothing calls in).
+        waits = [ENDED_CHECK if self.runner.has_runs() else MAX_WAIT, next_poll - mono]
         due = self.next_due()
         if due is not None:
             waits.append((due - now).total_seconds())
         if deadline is not None:
             waits.append(deadline - mono)
         return max(0.0, min(waits))
-
-    def poll_soon(self) -> None:
-        """Ask the loop to take queued runs at once (a run ended: a queued slot may be free)."""
-        self._poll_now = True
-        self.wake.set()
 
     def poll(self, now: datetime) -> None:
         """Read overrides changed since the last poll and start queued runs."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
@@ -19,7 +20,7 @@ from pathlib import Path
 
 from scheduler.clock import Clock
 from scheduler.errors import SchedulerError, StoreUnavailable
-from scheduler.store import Outcome
+from scheduler.store import Claimed, Outcome
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +30,12 @@ MAX_BACKOFF = 10.0
 # How long close() waits, past its deadline, for a write in flight: the database's own
 # timeouts (connect 3 s, statement 15 s) end it, and its batch must not be dropped.
 IN_FLIGHT_WAIT = 30.0
+# A run still executing this long after it began gets its start written (other instances then
+# see its job busy); a shorter run's start is written with its end, in the same batch.
+BEGUN_DELAY = 0.05
+# After the first end of a burst, wait this long for more before writing: ends go in batches,
+# not one transaction each.
+GATHER = 0.02
 
 
 class Recorder:
@@ -38,10 +45,13 @@ class Recorder:
         write: Callable[[Sequence[Outcome]], list[int]],
         spool: Path,
         on_health: Callable[[bool, str], None] = lambda ok, why: None,
+        mark_started: Callable[[Sequence[tuple[int, int, datetime]]], None] | None = None,
         write_attempt: Callable[[int, int, int], bool] = lambda run_id, fence, attempt: True,
     ) -> None:
         self.clock = clock
         self._write = write
+        self._mark_started = mark_started
+        self._begun: dict[int, tuple[int, datetime, float]] = {}
         self._write_attempt = write_attempt
         self._attempts: dict[int, tuple[int, int]] = {}  # run_id -> (fence, attempt) of a retry begun
         self.spool = spool
@@ -57,8 +67,42 @@ class Recorder:
 
     def record(self, outcome: Outcome) -> None:
         with self._cond:
+            self._begun.pop(outcome.run_id, None)
             self._queue.append(outcome)
             self._cond.notify()
+
+    def began(self, claimed: Claimed, at: datetime) -> None:
+        """A run's function is starting; its start is written if it is still going BEGUN_DELAY later."""
+        if self._mark_started is None:
+            return
+        with self._cond:
+            first = not self._begun
+            self._begun[claimed.run_id] = (claimed.fence, at, time.monotonic())
+            if first:  # the writer's wait now has a deadline; otherwise it already has one
+                self._cond.notify()
+
+    def _due_marks(self, take: bool) -> list[tuple[int, int, datetime]] | float | None:
+        """The starts to write now (`take`: removed), else the seconds until the next is due (None: none)."""
+        if not self._begun:
+            return None
+        cutoff = time.monotonic() - BEGUN_DELAY
+        due = [(run_id, fence, at) for run_id, (fence, at, mono) in self._begun.items() if mono <= cutoff]
+        if not due:
+            return max(0.0, min(mono for _, _, mono in self._begun.values()) - cutoff)
+        if take:
+            for run_id, _, _ in due:
+                del self._begun[run_id]
+        return due
+
+    def _write_marks(self) -> None:
+        with self._cond:
+            marks = self._due_marks(take=True)
+        if self._mark_started is None or not isinstance(marks, list):
+            return
+        try:
+            self._mark_started(marks)
+        except SchedulerError as exc:  # only a hint to the peers' skip-if-running check
+            log.debug("could not write %d run starts: %s", len(marks), exc)
 
     def record_attempt(self, run_id: int, fence: int, attempt: int) -> None:
         """A retry began: its attempt number is written behind the job, like the ends."""
@@ -88,6 +132,7 @@ class Recorder:
             batch = [self._queue.popleft() for _ in range(min(BATCH, len(self._queue)))]
             self._writing = {o.run_id for o in batch}
         if not batch:
+            self._write_marks()
             return True
         try:
             lost = self._write(batch)
@@ -99,6 +144,7 @@ class Recorder:
             return False
         with self._cond:
             self._writing = set()
+        self._write_marks()
         self._on_health(True, "")
         self.written += len(batch) - len(lost)
         for run_id in lost:
@@ -131,9 +177,15 @@ class Recorder:
         failing = False
         while True:
             with self._cond:
-                self._cond.wait_for(lambda: self._queue or self._attempts or self._closing)
+                while not (self._queue or self._attempts or self._closing):
+                    marks = self._due_marks(take=False)
+                    if isinstance(marks, list):
+                        break
+                    self._cond.wait(marks)
                 if self._closing:
                     return
+                if 0 < len(self._queue) < BATCH:
+                    self._cond.wait(GATHER)
             if self.flush_once():
                 if failing:
                     log.info("run records are being written again")

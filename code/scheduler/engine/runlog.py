@@ -57,6 +57,14 @@ def current() -> LogBuffer | None:
 class CaptureHandler(logging.Handler):
     """Root-logger handler: copies records of bound threads into their buffer."""
 
+    def handle(self, record: logging.LogRecord) -> bool:
+        # Most records come from threads with no run bound: no handler lock for those
+        # (and none needed for the others: each buffer has its own).
+        if current() is None or not self.filter(record):
+            return False
+        self.emit(record)
+        return True
+
     def emit(self, record: logging.LogRecord) -> None:
         buffer = current()
         if buffer is not None:

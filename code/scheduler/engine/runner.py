@@ -11,8 +11,8 @@ import random
 import sys
 import threading
 import traceback
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -25,6 +25,8 @@ from scheduler.store import Claimed, Outcome
 
 log = logging.getLogger(__name__)
 
+# Finished runs kept for drain_ended (metrics) between two drains.
+ENDED_KEPT = 20_000
 # A thread run this far past its timeout is stuck: its stack is noted on its run row, where the
 # watchdog's "overrunning" incident shows it. A thread cannot be killed; it keeps its pool thread.
 STUCK_MARGIN = 10.0
@@ -63,7 +65,15 @@ class ActiveRun:
 
 
 class Runner:
-    """Runs claimed runs on a bounded pool and reports each outcome once."""
+    """Runs claimed runs on a bounded pool and reports each outcome once.
+
+    Claimed runs wait in one in-memory queue that `pool_size` threads drain: starting
+    a run costs no database round trip. A run waiting there is not executing; if
+    its job's next slot comes due first, `supersede` takes it out and records it
+    `missed` ("overloaded: ..."). The end of each run is handed to `record` (the
+    recorder writes it in batches) and counted in `ended_count`, which the dispatcher
+    looks at; finished runs are kept for `drain_ended` (metrics).
+    """
 
     def __init__(
         self,
@@ -72,8 +82,8 @@ class Runner:
         max_log_bytes: int,
         record: Callable[[Outcome], None],
         set_attempt: Callable[[Claimed, int], None],
-        on_done: Callable[[ActiveRun], None],
         stop: threading.Event,
+        began: Callable[[Claimed, datetime], None] = lambda claimed, at: None,
         isolation: ProcessIsolation | None = None,
         guard: CrashLoopGuard | None = None,
         note_stack: Callable[[Claimed, str], None] = lambda claimed, stack: None,
@@ -85,32 +95,96 @@ class Runner:
         self.max_log_bytes = max_log_bytes
         self._record = record
         self._set_attempt = set_attempt
-        self._on_done = on_done
+        self._began = began
         self._stop = stop
-        self._pool = ThreadPoolExecutor(max_workers=pool_size, thread_name_prefix="job")
         self._active: dict[int, ActiveRun] = {}
+        self._waiting: deque[ActiveRun] = deque()
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
+        self._work = threading.Condition(self._lock)
+        self._closing = False
+        self.ended_count = 0  # runs ended so far: whoever drives the runner looks, nothing is called
+        self._ended_runs: deque[ActiveRun] = deque(maxlen=ENDED_KEPT)
+        self._deadlines: dict[int, ActiveRun] = {}
+        self._threads = [
+            threading.Thread(target=self._worker, name=f"job-{i}", daemon=True) for i in range(pool_size)
+        ]
+        for thread in self._threads:
+            thread.start()
 
     def start(self, claimed: Claimed, spec: JobSpec) -> None:
         """Queue the run on the pool. The claim is already in the database."""
-        ctx = JobContext(
-            job=spec.name,
-            scheduled_for=claimed.scheduled_for,
-            run_id=claimed.run_id,
-            attempt=claimed.attempt,
-            log=logging.getLogger(f"scheduler.job.{spec.name}"),
-        )
+        self.start_many([(claimed, spec)])
+
+    def start_many(self, runs: Sequence[tuple[Claimed, JobSpec]]) -> None:
+        """Queue claimed runs, oldest slot first: one lock and one wake-up for a whole burst."""
         mono = self.clock.monotonic()
-        deadline = mono + spec.timeout.total_seconds() if spec.timeout else None
-        active = ActiveRun(claimed, spec, mono, ctx, deadline)
+        prepared = []
+        for claimed, spec in runs:
+            ctx = JobContext(
+                job=spec.name,
+                scheduled_for=claimed.scheduled_for,
+                run_id=claimed.run_id,
+                attempt=claimed.attempt,
+                log=logging.getLogger(f"scheduler.job.{spec.name}"),
+            )
+            deadline = mono + spec.timeout.total_seconds() if spec.timeout else None
+            prepared.append(ActiveRun(claimed, spec, mono, ctx, deadline))
+        held = {
+            a.claimed.run_id: self.guard.held_until(a.spec.name) if self.guard else None for a in prepared
+        }
         with self._lock:
-            self._active[claimed.run_id] = active
-        held = self.guard.held_until(spec.name) if self.guard else None
-        if held is not None:
-            self._finish(active, self._held(active, held))
-            return
-        self._pool.submit(self._execute, active)
+            for active in prepared:
+                self._active[active.claimed.run_id] = active
+            queued = []
+            for active in prepared:
+                if held.get(active.claimed.run_id) is None:
+                    queued.append(active)
+                    self._waiting.append(active)
+                    if active.deadline_mono is not None:
+                        self._deadlines[active.claimed.run_id] = active
+            self._work.notify(len(queued))
+        for active in prepared:  # the crash-loop guard holds these jobs back: recorded skipped
+            until = held.get(active.claimed.run_id)
+            if until is not None:
+                self._finish(active, self._held(active, until))
+
+    def supersede(self, due: dict[str, datetime], why: str) -> int:
+        """Take out the waiting runs of these jobs whose slot is before the one now due; record
+        each `missed` with an error text starting "overloaded:". Returns how many."""
+        with self._lock:
+            stale = [
+                a
+                for a in self._waiting
+                if a.claimed.scheduled_for < due.get(a.spec.name, a.claimed.scheduled_for)
+            ]
+            if not stale:
+                return 0
+            gone = {id(a) for a in stale}
+            self._waiting = deque(a for a in self._waiting if id(a) not in gone)
+            waiting = len(self._waiting) + len(stale)
+        for run in stale:
+            slot = due[run.spec.name]
+            message = (
+                f"overloaded: slot {run.claimed.scheduled_for.isoformat()} had not started when slot "
+                f"{slot.isoformat()} came due ({waiting} runs waiting, {len(self._threads)} threads; {why})"
+            )
+            self._finish(
+                run, self._outcome(run, "missed", run.claimed.attempt, None, None, message, "Overloaded")
+            )
+        return len(stale)
+
+    def waiting_ids(self) -> set[int]:
+        """Runs claimed here that wait for a thread (not executing: their job is not busy)."""
+        with self._lock:
+            return {a.claimed.run_id for a in self._waiting}
+
+    def drain_ended(self) -> list[ActiveRun]:
+        """The runs that ended since the last call (at most ENDED_KEPT)."""
+        with self._lock:
+            ended = list(self._ended_runs)
+            self._ended_runs.clear()
+        return ended
 
     def live_log(self, run_id: int) -> str | None:
         """The log so far of a run executing here; None if it does not run in this process."""
@@ -136,15 +210,20 @@ class Runner:
         with self._lock:
             return list(self._active.values())
 
-    def busy_jobs(self) -> set[str]:
+    def has_runs(self) -> bool:
+        return bool(self._active)
+
+    def executing(self) -> int:
         with self._lock:
-            return {a.spec.name for a in self._active.values()}
+            return len(self._active) - len(self._waiting)
 
     def check_deadlines(self) -> float | None:
         """Flag runs past their timeout (cooperative cancel); returns the next deadline."""
         now = self.clock.monotonic()
         upcoming: float | None = None
-        for run in self.active():
+        with self._lock:
+            timed = list(self._deadlines.values())  # only runs with a timeout: a burst has thousands
+        for run in timed:
             if run.deadline_mono is None:
                 continue
             if now >= run.deadline_mono:
@@ -192,13 +271,31 @@ class Runner:
             return self._idle.wait_for(lambda: not self._active, timeout)
 
     def cancel_all(self) -> None:
+        """Shutting down: runs waiting for a thread end `abandoned`; executing ones are asked to stop."""
+        with self._lock:
+            waiting, self._waiting = list(self._waiting), deque()
+        for run in waiting:
+            message = "the daemon stopped before the run began"
+            self._finish(run, self._outcome(run, "abandoned", run.claimed.attempt, None, None, message))
         for run in self.active():
             run.ctx.cancelled.set()
 
     def shutdown(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        with self._lock:
+            self._closing = True
+            self._work.notify_all()
 
-    # -- on the pool thread -------------------------------------------------
+    # -- on the pool threads ------------------------------------------------
+
+    def _worker(self) -> None:
+        while True:
+            with self._lock:
+                while not self._waiting and not self._closing:
+                    self._work.wait()
+                if self._closing:
+                    return
+                run = self._waiting.popleft()
+            self._execute(run)
 
     def _execute(self, run: ActiveRun) -> None:
         spec, claimed = run.spec, run.claimed
@@ -231,6 +328,7 @@ class Runner:
             return self._outcome(run, "abandoned", 1, buffer, None, "shut down before the run began")
         attempt = run.claimed.attempt
         run.began_at = self.clock.now()
+        self._began(run.claimed, run.began_at)
         while True:
             run.ctx.attempt = attempt
             try:
@@ -296,9 +394,10 @@ class Runner:
         run: ActiveRun,
         status: str,
         attempt: int,
-        buffer: runlog.LogBuffer,
+        buffer: runlog.LogBuffer | None,
         exc: BaseException | None,
         message: str | None = None,
+        message_type: str = "Abandoned",
     ) -> Outcome:
         error_type = error_message = error_traceback = None
         if isinstance(exc, ChildFailed):  # the child's own error, not this thread's traceback
@@ -316,7 +415,7 @@ class Runner:
                 f"; then raised: {error_message}" if error_message else ""
             )
         if message is not None:
-            error_type, error_message = error_type or "Abandoned", message
+            error_type, error_message = error_type or message_type, message
         return Outcome(
             run_id=run.claimed.run_id,
             fence=run.claimed.fence,
@@ -327,8 +426,8 @@ class Runner:
             error_type=error_type,
             error_message=error_message,
             error_traceback=error_traceback,
-            log=buffer.text() or None,
-            log_truncated=buffer.truncated,
+            log=(buffer.text() or None) if buffer else None,
+            log_truncated=buffer.truncated if buffer else False,
         )
 
     def _finish(self, run: ActiveRun, outcome: Outcome) -> None:
@@ -351,5 +450,7 @@ class Runner:
         self._record(outcome)
         with self._idle:
             self._active.pop(run.claimed.run_id, None)
+            self._deadlines.pop(run.claimed.run_id, None)
+            self._ended_runs.append(run)
+            self.ended_count += 1
             self._idle.notify_all()
-        self._on_done(run)

@@ -58,7 +58,9 @@ class Metrics:
         is_leader: Callable[[], bool] = lambda: False,
         running: Callable[[], int] = lambda: 0,
         per_job_histograms: bool = False,
+        ended: Callable[[], list[ActiveRun]] = list,
     ) -> None:
+        self.ended = ended  # the runs that ended since the last call (the runner keeps them)
         self.registry = CollectorRegistry()
         self.per_job_histograms = per_job_histograms
         by_job = ["job"] if per_job_histograms else []
@@ -98,8 +100,13 @@ class Metrics:
         )
         self.registry.register(StateCollector(store, health, clock, instance, is_leader, running))
 
+    def observe_ended(self) -> None:
+        """Count the runs that ended since the last call (off the pool threads)."""
+        for run in self.ended():
+            self.observe_run(run)
+
     def observe_run(self, run: ActiveRun) -> None:
-        """Count a finished run; called on the pool thread once its outcome is handed on."""
+        """Count a finished run."""
         outcome = run.outcome
         if outcome is None:
             return
@@ -119,6 +126,7 @@ class Metrics:
 
     def render(self) -> tuple[bytes, str]:
         """The exposition text and its content type."""
+        self.observe_ended()
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
 
 

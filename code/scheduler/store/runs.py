@@ -16,6 +16,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from scheduler.errors import StoreError
+from scheduler.store import bulk
 from scheduler.store.cluster import LeaderFence
 from scheduler.store.db import Database, upsert_insert
 from scheduler.store.history import RunReads, RunRow
@@ -41,7 +42,7 @@ class Claim:
     scheduled_for: datetime
     trigger: str = "schedule"  # schedule | catchup | manual
     status: str = "running"  # running (run it) | queued (run later) | skipped | missed
-    if_busy: str = "skipped"  # what a 'running' claim becomes while the job runs: skipped | queued
+    overlap: str = "skip"  # the job's overlap policy, applied here (see `_overlap`): skip | queue
 
 
 @dataclass(frozen=True)
@@ -79,33 +80,62 @@ class RunRepository(RunReads):
         self.db = db
 
     def claim(
-        self, claims: Sequence[Claim], owner: Owner, now: datetime, lease_until: datetime
+        self,
+        claims: Sequence[Claim],
+        owner: Owner,
+        now: datetime,
+        lease_until: datetime,
+        idle: Collection[int] = (),
     ) -> list[Claimed]:
         """Insert the slots' rows in one transaction; return the ones this instance won.
 
         A slot already claimed by anyone is silently not returned (a lost race
-        is not an error). A 'running' claim for a job that is running anywhere
-        becomes 'skipped'. Raises StoreUnavailable if the database is away.
+        is not an error). A 'running' claim for a job whose run is executing
+        anywhere becomes 'skipped' (or 'queued', per its overlap policy). Runs in
+        `idle` (claimed here but waiting for a thread, or ended and not yet
+        written) do not make their job busy. Raises StoreUnavailable if the
+        database is away.
         """
+        return self._claim(claims, owner, now, lease_until, idle, skip_locked=False)[0]
+
+    def claim_some(
+        self,
+        claims: Sequence[Claim],
+        owner: Owner,
+        now: datetime,
+        lease_until: datetime,
+        idle: Collection[int] = (),
+    ) -> tuple[list[Claimed], set[str]]:
+        """`claim`, but jobs another instance is claiming at this moment are left to it (PostgreSQL:
+        SKIP LOCKED), so that instances claiming one burst split it. Returns (won, jobs left):
+        a left job's slots are undecided here; claiming them again later finds them taken, or
+        wins them if that instance failed.
+        """
+        return self._claim(claims, owner, now, lease_until, idle, skip_locked=True)
+
+    def _claim(
+        self,
+        claims: Sequence[Claim],
+        owner: Owner,
+        now: datetime,
+        lease_until: datetime,
+        idle: Collection[int],
+        *,
+        skip_locked: bool,
+    ) -> tuple[list[Claimed], set[str]]:
         if not claims:
-            return []
+            return [], set()
         won: list[Claimed] = []
         with self.db.write() as conn:
             names = sorted({c.job for c in claims if c.status == "running"})
-            busy = self._lock_and_find_busy(conn, names)
-            waiting = self._with_queued(conn, [c.job for c in claims if c.if_busy == "queued"])
+            locked, busy = self._lock_and_find_busy(conn, names, idle, skip_locked=skip_locked, started=True)
+            left = set(names) - locked
+            waiting = self._with_queued(conn, [c.job for c in claims if c.overlap == "queue"])
             rows = []
             for c in claims:
-                status = c.status
-                if status == "running" and c.job in busy:
-                    status = c.if_busy
-                    # overlap="queue" keeps at most one run waiting per job
-                    if status == "queued" and c.job in waiting:
-                        status = "skipped"
-                if status == "running":
-                    busy.add(c.job)
-                if status == "queued":
-                    waiting.add(c.job)
+                if c.job in left:
+                    continue
+                status = _overlap(c, busy, waiting)
                 running = status == "running"
                 rows.append(
                     {
@@ -120,31 +150,58 @@ class RunRepository(RunReads):
                         "host": owner.host,
                         "pid": owner.pid,
                         "claimed_at": now,
-                        "started_at": now if running else None,
+                        "started_at": None,  # written when the function begins (or with the end)
                         "finished_at": now if status in FINAL else None,  # a queued run has not ended
                     }
                 )
+            if conn.dialect.name == "sqlite":
+                slots = {(c.job, bulk.stored_text(conn, c.scheduled_for)): c.scheduled_for for c in claims}
+                for run_id, job, stored, status, trigger in bulk.insert_claims(conn, rows):
+                    won.append(Claimed(run_id, job, slots[(job, str(stored))], status, 1, trigger))
+                return won, left
             stmt = _claim_insert(conn.dialect.name)
             for start in range(0, len(rows), _CHUNK):
                 chunk = rows[start : start + _CHUNK]
                 for r in conn.execute(stmt, chunk):
                     won.append(Claimed(r.id, r.job, r.scheduled_for, r.status, 1, r.trigger))
-        return won
+        return won, left
 
-    def _lock_and_find_busy(self, conn: sa.Connection, names: list[str]) -> set[str]:
-        """Serialise claims per job, then list the jobs that have a running run.
+    def _lock_and_find_busy(
+        self,
+        conn: sa.Connection,
+        names: list[str],
+        idle: Collection[int] = (),
+        *,
+        skip_locked: bool = False,
+        started: bool = False,
+    ) -> tuple[set[str], set[str]]:
+        """Serialise claims per job, then list the jobs with a run executing. Returns (locked, busy).
 
         The row locks (PostgreSQL) close the race where two instances claim two
-        different slots of one job at once and both see it idle. SQLite has a
-        single writer already.
+        different slots of one job at once and both see it idle; with
+        `skip_locked` the jobs another transaction holds are left out of `locked`.
+        SQLite has a single writer already: every job counts as locked. Runs in
+        `idle` never count. With `started`, only runs whose start is written count:
+        a new slot overtakes a run still waiting for a thread (the instance holding it
+        records it missed); without, any running run holds back a queued one.
         """
+        locked: set[str] = set()
         busy: set[str] = set()
         for start in range(0, len(names), _CHUNK):
             chunk = names[start : start + _CHUNK]
-            if conn.dialect.name == "postgresql":
+            if conn.dialect.name == "postgresql" and skip_locked:
+                got = set(conn.execute(_LOCK_JOBS_SKIP, {"names": chunk}).scalars())
+                if len(got) < len(chunk):
+                    # Left out: locked by another claim, or no job row (not synced yet: claim it).
+                    exists = set(conn.execute(_JOBS_OF, {"names": chunk}).scalars())
+                    chunk = [n for n in chunk if n in got or n not in exists]
+            elif conn.dialect.name == "postgresql":
                 conn.execute(_LOCK_JOBS, {"names": chunk})
-            busy.update(conn.execute(_RUNNING_OF, {"names": chunk}).scalars())
-        return busy
+            locked.update(chunk)
+            if chunk:
+                rows = conn.execute(_STARTED_OF if started else _RUNNING_OF, {"names": chunk})
+                busy.update(job for job, run_id in rows if run_id not in idle)
+        return locked, busy
 
     def _with_queued(self, conn: sa.Connection, names: list[str]) -> set[str]:
         found: set[str] = set()
@@ -177,7 +234,12 @@ class RunRepository(RunReads):
         raise StoreError(f"could not queue a run of {job!r}")
 
     def take_queued(
-        self, names: Iterable[str], owner: Owner, now: datetime, lease_until: datetime
+        self,
+        names: Iterable[str],
+        owner: Owner,
+        now: datetime,
+        lease_until: datetime,
+        idle: Collection[int] = (),
     ) -> list[Claimed]:
         """Claim queued (manual or retried) runs of jobs this instance knows.
 
@@ -199,7 +261,7 @@ class RunRepository(RunReads):
             queued = list(conn.execute(query.limit(100)))
             if not queued:
                 return []
-            busy = self._lock_and_find_busy(conn, sorted({r.job for r in queued}))
+            _, busy = self._lock_and_find_busy(conn, sorted({r.job for r in queued}), idle)
             taken: list[Claimed] = []
             for r in queued:
                 if r.job in busy and r.trigger != "manual":
@@ -218,7 +280,7 @@ class RunRepository(RunReads):
                         fence=fence,
                         attempt=runs.c.attempt + (1 if status == "running" else 0),
                         lease_expires_at=lease_until if status == "running" else None,
-                        started_at=now if status == "running" else None,
+                        started_at=None,  # written when the function begins (or with the end)
                         finished_at=None if status == "running" else now,
                     )
                     .returning(runs.c.id, runs.c.job, runs.c.scheduled_for, runs.c.trigger, runs.c.attempt)
@@ -245,15 +307,29 @@ class RunRepository(RunReads):
         with self.db.write() as conn:
             for start in range(0, len(outcomes), _CHUNK):
                 chunk = outcomes[start : start + _CHUNK]
-                if conn.dialect.name == "postgresql" and len({o.run_id for o in chunk}) == len(chunk):
+                distinct = len({o.run_id for o in chunk}) == len(chunk)
+                if conn.dialect.name == "sqlite" and distinct:
+                    lost += bulk.finish_all(conn, [bulk.finish_params(o) for o in chunk])
+                    continue
+                if conn.dialect.name == "postgresql" and distinct:
                     # One statement per chunk: a round trip per run capped the recorder at ~3,000 runs/s.
-                    done = set(conn.execute(_finish_many(chunk)).scalars())
+                    done = set(conn.execute(bulk.finish_many(chunk)).scalars())
                     lost += [o.run_id for o in chunk if o.run_id not in done]
                     continue
                 for o in chunk:
-                    if conn.execute(_FINISH, _finish_params(o)).rowcount == 0:
+                    if conn.execute(bulk.FINISH, bulk.finish_params(o)).rowcount == 0:
                         lost.append(o.run_id)
         return lost
+
+    def mark_started(self, marks: Sequence[tuple[int, int, datetime]]) -> None:
+        """Write the start of runs still executing (id, fence, at): from then on their job is busy
+        for every instance's skip-if-running check."""
+        if not marks:
+            return
+        params = [{"m_id": i, "m_fence": f, "m_at": at} for i, f, at in marks]
+        with self.db.write() as conn:
+            for start in range(0, len(params), _CHUNK):
+                conn.execute(_MARK_STARTED, params[start : start + _CHUNK])
 
     def set_attempt(self, run_id: int, fence: int, attempt: int) -> bool:
         with self.db.write() as conn:
@@ -270,12 +346,16 @@ class RunRepository(RunReads):
             result = conn.execute(
                 runs.update()
                 .where(runs.c.id == run_id, runs.c.fence == fence, runs.c.status == "running")
-                .values(error_traceback=_text(stack))
+                .values(error_traceback=bulk.text_value(stack))
             )
             return result.rowcount == 1
 
     def renew(self, owner: str, lease_until: datetime, ids: Collection[int] | None = None) -> int:
-        """Extend the leases of this instance's running runs (only `ids`, if given); returns how many."""
+        """Extend the leases of this instance's running runs (only `ids`, if given); returns how many.
+
+        The ids are sent as ranges of consecutive ids (a burst's claims are one or a few): a
+        heartbeat renewing 10,000 runs is one short statement, not twenty IN lists of 500.
+        """
         if ids is not None and not ids:
             return 0
         condition = [runs.c.owner == owner, runs.c.status == "running"]
@@ -284,9 +364,9 @@ class RunRepository(RunReads):
             if ids is None:
                 result = conn.execute(runs.update().where(*condition).values(lease_expires_at=lease_until))
                 return int(result.rowcount)
-            wanted = sorted(ids)
-            for start in range(0, len(wanted), _CHUNK):
-                chunk = runs.c.id.in_(wanted[start : start + _CHUNK])
+            spans = bulk.ranges(sorted(ids))
+            for start in range(0, len(spans), _CHUNK):
+                chunk = sa.or_(*(runs.c.id.between(lo, hi) for lo, hi in spans[start : start + _CHUNK]))
                 result = conn.execute(
                     runs.update().where(*condition, chunk).values(lease_expires_at=lease_until)
                 )
@@ -368,10 +448,43 @@ class RunRepository(RunReads):
 # costs about as much CPU as executing it.
 _NAMES: sa.BindParameter[Any] = sa.bindparam("names", expanding=True)
 _LOCK_JOBS = sa.select(jobs.c.name).where(jobs.c.name.in_(_NAMES)).order_by(jobs.c.name).with_for_update()
-_RUNNING_OF = sa.select(runs.c.job).where(runs.c.status == "running", runs.c.job.in_(_NAMES)).distinct()
+_LOCK_JOBS_SKIP = (
+    sa.select(jobs.c.name)
+    .where(jobs.c.name.in_(_NAMES))
+    .order_by(jobs.c.name)
+    .with_for_update(skip_locked=True)
+)
+_JOBS_OF = sa.select(jobs.c.name).where(jobs.c.name.in_(_NAMES))
+_RUNNING_OF = sa.select(runs.c.job, runs.c.id).where(runs.c.status == "running", runs.c.job.in_(_NAMES))
+# Executing: started (a run claimed but waiting for a thread has no started_at yet).
+_STARTED_OF = _RUNNING_OF.where(runs.c.started_at.is_not(None))
+_MARK_STARTED = (
+    runs.update()
+    .where(
+        runs.c.id == sa.bindparam("m_id"),
+        runs.c.fence == sa.bindparam("m_fence"),
+        runs.c.status == "running",
+        runs.c.started_at.is_(None),
+    )
+    .values(started_at=sa.bindparam("m_at"))
+)
 _QUEUED_OF = sa.select(runs.c.job).where(runs.c.status == "queued", runs.c.job.in_(_NAMES)).distinct()
 _ANY_QUEUED = sa.select(runs.c.id).where(runs.c.status == "queued").limit(1)
 _CLAIM_INSERTS: dict[str, Any] = {}
+
+
+def _overlap(claim: Claim, busy: set[str], waiting: set[str]) -> str:
+    """The overlap policy, in one place: what a claim becomes, given the jobs executing
+    (`busy`) and those with a run queued (`waiting`); updates both sets."""
+    status = claim.status
+    if status == "running" and claim.job in busy:
+        # skip: recorded 'skipped'; queue: one run waits (a second is 'skipped')
+        status = "queued" if claim.overlap == "queue" and claim.job not in waiting else "skipped"
+    if status == "running":
+        busy.add(claim.job)
+    if status == "queued":
+        waiting.add(claim.job)
+    return status
 
 
 def _claim_insert(dialect: str) -> Any:
@@ -381,79 +494,3 @@ def _claim_insert(dialect: str) -> Any:
         returning = (runs.c.id, runs.c.job, runs.c.scheduled_for, runs.c.status, runs.c.trigger)
         _CLAIM_INSERTS[dialect] = stmt.returning(*returning)
     return _CLAIM_INSERTS[dialect]
-
-
-# One statement for every outcome: building it per row cost as much CPU as executing it.
-# A missing started_at (the run never began) keeps the claim's.
-_FINISH = (
-    runs.update()
-    .where(
-        runs.c.id == sa.bindparam("o_id"),
-        runs.c.fence == sa.bindparam("o_fence"),
-        runs.c.status == "running",
-    )
-    .values(
-        status=sa.bindparam("o_status"),
-        started_at=sa.func.coalesce(
-            sa.bindparam("o_started_at", type_=runs.c.started_at.type), runs.c.started_at
-        ),
-        finished_at=sa.bindparam("o_finished_at"),
-        attempt=sa.bindparam("o_attempt"),
-        error_type=sa.bindparam("o_error_type"),
-        error_message=sa.bindparam("o_error_message"),
-        error_traceback=sa.bindparam("o_error_traceback"),
-        log=sa.bindparam("o_log"),
-        log_truncated=sa.bindparam("o_log_truncated"),
-        lease_expires_at=None,
-    )
-)
-
-
-def _finish_params(o: Outcome) -> dict[str, Any]:
-    return {
-        "o_id": o.run_id,
-        "o_fence": o.fence,
-        "o_status": o.status,
-        "o_started_at": o.started_at,
-        "o_finished_at": o.finished_at,
-        "o_attempt": o.attempt,
-        "o_error_type": _text(o.error_type),
-        "o_error_message": _text(o.error_message),
-        "o_error_traceback": _text(o.error_traceback),
-        "o_log": _text(o.log),
-        "o_log_truncated": o.log_truncated,
-    }
-
-
-def _finish_many(chunk: Sequence[Outcome]) -> Any:
-    """_FINISH for many runs at once (PostgreSQL): UPDATE ... FROM (VALUES ...) RETURNING the ids won.
-
-    Run ids must be distinct in `chunk`. Columns are cast, as a VALUES column of NULLs is text.
-    """
-    names = list(_finish_params(chunk[0]))
-    types = {"o_id": runs.c.id.type, "o_fence": runs.c.fence.type, "o_attempt": runs.c.attempt.type}
-    columns = [sa.column(n, types.get(n) or runs.c[n.removeprefix("o_")].type) for n in names]
-    v = sa.values(*columns, name="o").data([tuple(_finish_params(o).values()) for o in chunk])
-    c = {n: sa.cast(v.c[n], col.type) for n, col in zip(names, columns, strict=True)}
-    return (
-        runs.update()
-        .where(runs.c.id == c["o_id"], runs.c.fence == c["o_fence"], runs.c.status == "running")
-        .values(
-            status=c["o_status"],
-            started_at=sa.func.coalesce(c["o_started_at"], runs.c.started_at),
-            finished_at=c["o_finished_at"],
-            attempt=c["o_attempt"],
-            error_type=c["o_error_type"],
-            error_message=c["o_error_message"],
-            error_traceback=c["o_error_traceback"],
-            log=c["o_log"],
-            log_truncated=c["o_log_truncated"],
-            lease_expires_at=None,
-        )
-        .returning(runs.c.id)
-    )
-
-
-def _text(value: str | None) -> str | None:
-    """A job's output may hold NUL characters, which PostgreSQL text refuses; show them escaped."""
-    return value.replace("\x00", "\\x00") if value else value
