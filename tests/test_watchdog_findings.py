@@ -69,9 +69,13 @@ def claim(store: Store, clock: FakeClock, job: str, slot: datetime, status: str 
     return won
 
 
-def finish(store: Store, clock: FakeClock, run: Claimed, status: str = "succeeded") -> None:
+def finish(
+    store: Store, clock: FakeClock, run: Claimed, status: str = "succeeded", started: datetime | None = None
+) -> None:
     error = ("ValueError", "upstream refused") if status == "failed" else (None, None)
-    store.runs.finish([Outcome(run.run_id, run.fence, status, clock.now(), None, 1, *error)])
+    store.runs.finish(
+        [Outcome(run.run_id, run.fence, status, clock.now(), started or run.scheduled_for, 1, *error)]
+    )
 
 
 def headers(fake: FakeSlack) -> list[str]:
@@ -101,7 +105,7 @@ def test_many_jobs_late_at_once_give_one_grouped_slack_message(
     [incident] = store.incidents.open_incidents()
     assert (incident.subject, incident.kind, incident.details["count"]) == ("scheduler", "late", 30)
     for name in names:
-        finish(store, clock, claim(store, clock, name, clock.now()))
+        finish(store, clock, claim(store, clock, name, clock.now()), started=clock.now())
     clock.advance(15)
     assert pass_and_send(wd, clock) == "1 closed"
     assert headers(fake_slack)[1] == ":large_green_circle: Recovered: Jobs late"
