@@ -229,11 +229,13 @@ def test_a_running_service_serves_metrics_health_and_api(service: Service) -> No
     assert service.http is not None
     base = service.http.url
     key = ("scheduler_job_runs_total", (("job", "quick.tick"),))
+    # the counter is this process's; the last success is read from the run rows, written behind
+    written = ("scheduler_job_last_success_timestamp_seconds", (("job", "quick.tick"),))
 
     def scraped() -> dict[tuple[str, tuple[tuple[str, str], ...]], float] | None:
         with urllib.request.urlopen(base + "/metrics", timeout=5) as response:
             got = samples(response.read().decode())
-        return got if got.get(key, 0) >= 1 else None
+        return got if got.get(key, 0) >= 1 and written in got else None
 
     got = wait_until(scraped, timeout=15)
     assert got[("scheduler_run_duration_seconds_count", ())] >= 1
