@@ -112,7 +112,7 @@ def test_read_routes(app: Api, world: Store) -> None:
     assert run["log"] == "fetched 3 rows\n" and run["duration_seconds"] == 2.0
     assert get_json(app, "/api/instances") == []
     assert get_json(app, "/api/audit") == []
-    world.alerts.open_incident(
+    world.incidents.open_incident(
         "etl.load", "failing", "etl.load <b>failed</b>", {}, world.runs.get(1).finished_at, None
     )
     alerts = get_json(app, "/api/alerts", "all=true&limit=5")
@@ -446,7 +446,7 @@ def test_every_answer_matches_the_openapi_document(app: Api, world: Store, clock
             "inst-a", "host-a", 1, "1.0.0", now, now, now + timedelta(seconds=10), None, "alive", [], []
         )
     )
-    world.alerts.open_incident("etl.load", "failing", "etl.load failed", {}, now, None)
+    world.incidents.open_incident("etl.load", "failing", "etl.load failed", {}, now, None)
     checked = []
 
     def check(method: str, pattern: str, path: str, body: bytes = b"", query: str = "") -> None:

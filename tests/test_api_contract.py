@@ -54,7 +54,7 @@ def served(sqlite_url: str, clock: FakeClock) -> Iterator[str]:
     store.cluster.register(
         InstanceRow("inst-a", "host-a", 1, "1.0.0", now, now, now + timedelta(days=1), None, "alive", [], [])
     )
-    store.alerts.open_incident("etl.load", "failing", "etl.load failed", {}, now, None)
+    store.incidents.open_incident("etl.load", "failing", "etl.load failed", {}, now, None)
     store.jobs.set_paused("reports.nightly", True, "test", now)
     health = Health(clock)
     health.loop_alive()

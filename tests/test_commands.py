@@ -371,7 +371,7 @@ def test_alerts_lists_the_watchdog_incidents(
 ) -> None:
     url = url_of(world)
     assert cli(url, "alerts", capsys=capsys)[1] == "no open incidents\n"
-    world.alerts.open_incident(
+    world.incidents.open_incident(
         "etl.load", "failing", "etl.load failed 3 times", {"streak": 3}, clock.now(), None
     )
     found = cli_json(url, "alerts", capsys=capsys)

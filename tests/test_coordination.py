@@ -243,7 +243,7 @@ def test_deposed_leader_reap_is_fenced_by_its_term(store: Store, clock: FakeCloc
     assert store.runs.get(run2).status == "running"
 
 
-def test_unknown_job_is_reported_once_and_orphans_by_the_leader(
+def test_unknown_job_is_reported_once_and_orphans_are_left_to_the_watchdog(
     store: Store, clock: FakeClock, caplog: pytest.LogCaptureFixture
 ) -> None:
     sync_job(store, clock.now(), "j.here")
@@ -258,7 +258,8 @@ def test_unknown_job_is_reported_once_and_orphans_by_the_leader(
     messages = [r.getMessage() for r in caplog.records]
     unknown = "job j.elsewhere is not loaded on this instance (its code is not here); left to: other"
     assert messages.count(unknown) == 1
-    assert messages.count("job j.nowhere is loaded by no live instance: its slots are not run") == 1
+    # A job no live instance loads is one "broken" incident (alerting/findings.py), not also a log line here.
+    assert not [m for m in messages if "j.nowhere" in m and "no live instance" in m]
 
 
 def test_sqlite_refuses_a_second_live_instance_but_not_a_dead_ones_row(

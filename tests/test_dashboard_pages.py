@@ -121,7 +121,7 @@ def test_the_list_strip_has_a_cell_per_recent_run_oldest_first(app: Api, store: 
 def test_a_job_page_has_its_slots_runs_chart_incidents_audit_and_buttons(
     app: Api, store: Store, clock: FakeClock
 ) -> None:
-    store.alerts.open_incident("b.fails", "failing", "b.fails <b>failed</b>", {}, clock.now(), None)
+    store.incidents.open_incident("b.fails", "failing", "b.fails <b>failed</b>", {}, clock.now(), None)
     html = page(app, "/jobs/b.fails")
     assert len(re.findall(r"<li>", html.split('id="next-slots"')[1].split("</ol>")[0])) == 5
     assert re.findall(r'data-status="(\w+)"', html) == ["failed"]

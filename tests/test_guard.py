@@ -15,7 +15,7 @@ from scheduler.engine.guard import AUTO_PAUSE_ACTOR, CrashLoopGuard, pauser
 from scheduler.engine.runner import Runner
 from scheduler.jobs.registry import make_spec
 from scheduler.store import Claim, Outcome, Owner, Store
-from scheduler.store.alerts import Activity
+from scheduler.store.runfacts import Activity
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 OWNER = Owner("guard-test", "test-host", 777)

@@ -12,9 +12,8 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
+from scheduler.alerting.record import KINDS, Finding
 from scheduler.alerting.slack import (
-    KINDS,
-    Alert,
     Delivery,
     NullNotifier,
     TokenNotifier,
@@ -31,11 +30,10 @@ SINCE = datetime(2026, 11, 25, 8, 0, tzinfo=UTC)
 ACTION = "python code/scheduler/control.py history reports.nightly --status failed"
 
 
-def alert(**changes: Any) -> Alert:
+def alert(**changes: Any) -> Finding:
     values: dict[str, Any] = {
         "kind": "delayed",
         "subject": "reports.nightly",
-        "event": "open",
         "summary": "no successful start since 08:00 UTC (expected every 5m)",
         "since": SINCE,
         "host": "worker-1",
@@ -43,7 +41,11 @@ def alert(**changes: Any) -> Alert:
         "action": ACTION,
     }
     values.update(changes)
-    return Alert(**values)
+    return Finding(**values)
+
+
+def message(event: str = "open", at: datetime | None = None, **changes: Any) -> dict[str, Any]:
+    return build_payload(alert(**changes), event, at)
 
 
 def header(payload: dict[str, Any]) -> str:
@@ -83,7 +85,7 @@ def refused_url() -> Iterator[str]:
 
 
 def test_open_payload_shows_kind_job_problem_since_host_error_and_action() -> None:
-    payload = build_payload(alert())
+    payload = message()
 
     assert header(payload) == ":red_circle: Delayed job: reports.nightly"
     assert fields(payload) == {
@@ -108,6 +110,9 @@ def test_open_payload_shows_kind_job_problem_since_host_error_and_action() -> No
         ("failing", "Failing job", "Job"),
         ("overrunning", "Overrunning job", "Job"),
         ("broken", "Broken job", "Job"),
+        ("skipping", "Job skipping its slots", "Job"),
+        ("late", "Jobs late", "Scope"),
+        ("overloaded", "Instance overloaded", "Scope"),
         ("instance", "Scheduler instance", "Scope"),
         ("database", "Database problem", "Scope"),
         ("test", "Test notification", "Scope"),
@@ -116,7 +121,7 @@ def test_open_payload_shows_kind_job_problem_since_host_error_and_action() -> No
 def test_each_kind_has_its_own_title(kind: str, title: str, label: str) -> None:
     subject = "scheduler" if label == "Scope" else "reports.nightly"
     event = "test" if kind == "test" else "open"
-    payload = build_payload(alert(kind=kind, subject=subject, event=event))
+    payload = message(event, kind=kind, subject=subject)
 
     assert title in header(payload)
     assert payload["text"].startswith(f"[scheduler] {title}")
@@ -126,12 +131,12 @@ def test_each_kind_has_its_own_title(kind: str, title: str, label: str) -> None:
 
 
 def test_every_kind_is_covered_by_the_title_table() -> None:
-    assert len({header(build_payload(alert(kind=k))) for k in KINDS}) == len(KINDS)
+    assert len({header(message(kind=k)) for k in KINDS}) == len(KINDS)
 
 
 def test_recovery_is_green_and_says_when_and_after_how_long() -> None:
     at = SINCE + timedelta(hours=1, minutes=10)
-    payload = build_payload(alert(event="recover", at=at, last_error=None, action=None))
+    payload = message("recover", at, last_error=None, action=None)
 
     assert header(payload) == ":large_green_circle: Recovered: Delayed job: reports.nightly"
     assert fields(payload)["Recovered"] == "2026-11-25 09:10 UTC (after 1h 10m)"
@@ -141,7 +146,7 @@ def test_recovery_is_green_and_says_when_and_after_how_long() -> None:
 
 
 def test_realert_says_the_incident_is_still_open() -> None:
-    payload = build_payload(alert(event="realert"))
+    payload = message("realert")
 
     assert header(payload) == ":red_circle: Still open: Delayed job: reports.nightly"
     assert payload["text"].startswith("[scheduler] Still open: Delayed job reports.nightly: ")
@@ -150,13 +155,13 @@ def test_realert_says_the_incident_is_still_open() -> None:
 def test_since_is_shown_in_utc_whatever_the_offset() -> None:
     paris = datetime(2026, 11, 25, 9, 0, tzinfo=ZoneInfo("Europe/Paris"))
 
-    assert fields(build_payload(alert(since=paris)))["Since"] == "2026-11-25 08:00 UTC"
+    assert fields(message(since=paris))["Since"] == "2026-11-25 08:00 UTC"
 
 
 def test_long_last_error_is_cut_to_one_line_in_a_code_span() -> None:
     error = "Traceback (most recent call last):\n" + "x" * 5000
 
-    (text,) = section_texts(build_payload(alert(last_error=error)))
+    (text,) = section_texts(message(last_error=error))
 
     label, _, value = text.partition("\n")
     assert label == "*Last error*"
@@ -167,7 +172,7 @@ def test_long_last_error_is_cut_to_one_line_in_a_code_span() -> None:
 
 def test_huge_values_stay_under_slack_limits() -> None:
     huge = "word " * 5000
-    payload = build_payload(alert(subject=huge, summary=huge, host=huge, last_error=huge, action=huge))
+    payload = message(subject=huge, summary=huge, host=huge, last_error=huge, action=huge)
 
     assert len(header(payload)) <= 150
     for value in fields(payload).values():
@@ -179,7 +184,7 @@ def test_huge_values_stay_under_slack_limits() -> None:
 
 
 def test_mrkdwn_control_characters_are_escaped() -> None:
-    payload = build_payload(alert(summary="<!channel> a & b", last_error="x > y"))
+    payload = message(summary="<!channel> a & b", last_error="x > y")
 
     assert fields(payload)["Problem"] == "&lt;!channel&gt; a &amp; b"
     assert section_texts(payload) == ["*Last error*\n`x &gt; y`"]
@@ -187,7 +192,7 @@ def test_mrkdwn_control_characters_are_escaped() -> None:
 
 
 def test_fallback_text_is_one_line() -> None:
-    payload = build_payload(alert(summary="first line\nsecond line"))
+    payload = message(summary="first line\nsecond line")
 
     assert payload["text"].endswith(": first line second line")
 
@@ -202,9 +207,9 @@ def test_fallback_text_is_one_line() -> None:
     ],
     ids=["kind", "event", "naive-since", "naive-at"],
 )
-def test_alert_rejects_unknown_values_and_naive_times(changes: dict[str, Any]) -> None:
-    with pytest.raises(ValueError, match=r"Alert\."):
-        alert(**changes)
+def test_finding_and_payload_reject_unknown_values_and_naive_times(changes: dict[str, Any]) -> None:
+    with pytest.raises(ValueError, match=r"Finding\.|build_payload"):
+        message(**changes)
 
 
 # --- delivery -----------------------------------------------------------------
@@ -219,7 +224,7 @@ def notifier_for(mode: str, server: FakeSlack) -> TokenNotifier | WebhookNotifie
 
 
 def test_token_mode_posts_to_chat_postmessage_with_bearer_token(fake_slack: FakeSlack) -> None:
-    payload = build_payload(alert())
+    payload = message()
 
     delivery = token_notifier(fake_slack).send(payload)
 
@@ -236,8 +241,8 @@ def test_token_mode_posts_to_chat_postmessage_with_bearer_token(fake_slack: Fake
 def test_recovery_is_posted_in_the_thread_of_the_open_message(fake_slack: FakeSlack) -> None:
     notifier = token_notifier(fake_slack)
 
-    opened = notifier.send(build_payload(alert()))
-    recovered = notifier.send(build_payload(alert(event="recover", at=SINCE)), opened.ts)
+    opened = notifier.send(message())
+    recovered = notifier.send(message("recover", SINCE), opened.ts)
 
     assert fake_slack.messages[1]["body"]["thread_ts"] == opened.ts
     assert recovered.ts is not None and opened.ts is not None
@@ -245,7 +250,7 @@ def test_recovery_is_posted_in_the_thread_of_the_open_message(fake_slack: FakeSl
 
 
 def test_webhook_mode_posts_the_payload_to_the_webhook_url(fake_slack: FakeSlack) -> None:
-    payload = build_payload(alert())
+    payload = message()
 
     delivery = WebhookNotifier(fake_slack.webhook_url).send(payload)
 
@@ -261,7 +266,7 @@ def test_rate_limit_is_transient_with_retry_after(fake_slack: FakeSlack, mode: s
     fake_slack.fail_next(1, status=429, retry_after=7)
 
     with pytest.raises(TransportError) as caught:
-        notifier.send(build_payload(alert()))
+        notifier.send(message())
 
     assert caught.value.permanent is False
     assert caught.value.retry_after == 7.0
@@ -274,7 +279,7 @@ def test_rate_limit_without_retry_after_leaves_it_to_the_caller(fake_slack: Fake
     fake_slack.fail_next(1, status=429)
 
     with pytest.raises(TransportError) as caught:
-        notifier.send(build_payload(alert()))
+        notifier.send(message())
 
     assert (caught.value.permanent, caught.value.retry_after) == (False, None)
 
@@ -286,7 +291,7 @@ def test_server_error_is_transient(fake_slack: FakeSlack, mode: str, status: int
     fake_slack.fail_next(1, status=status)
 
     with pytest.raises(TransportError) as caught:
-        notifier.send(build_payload(alert()))
+        notifier.send(message())
 
     assert caught.value.permanent is False
     assert f"HTTP {status}" in str(caught.value)
@@ -307,7 +312,7 @@ def test_token_mode_slack_error_codes(fake_slack: FakeSlack, error: str, permane
     fake_slack.fail_next(1, slack_error=error)
 
     with pytest.raises(TransportError) as caught:
-        token_notifier(fake_slack).send(build_payload(alert()))
+        token_notifier(fake_slack).send(message())
 
     assert caught.value.permanent is permanent
     assert error in str(caught.value)
@@ -321,7 +326,7 @@ def test_webhook_client_errors_are_permanent(fake_slack: FakeSlack, status: int,
     fake_slack.fail_next(1, status=status, slack_error=error)
 
     with pytest.raises(TransportError) as caught:
-        WebhookNotifier(fake_slack.webhook_url).send(build_payload(alert()))
+        WebhookNotifier(fake_slack.webhook_url).send(message())
 
     assert caught.value.permanent is True
     assert f"HTTP {status}, {error}" in str(caught.value)
@@ -332,12 +337,51 @@ def test_failure_is_followed_by_success_on_the_next_send(fake_slack: FakeSlack) 
     fake_slack.fail_next(1, status=500)
 
     with pytest.raises(TransportError):
-        notifier.send(build_payload(alert()))
-    delivery = notifier.send(build_payload(alert()))
+        notifier.send(message())
+    delivery = notifier.send(message())
 
     assert len(fake_slack.requests) == 2
     assert len(fake_slack.messages) == 1
     assert delivery.ts == "1700000000.000100"
+
+
+def test_token_mode_200_with_a_body_that_is_not_json_is_transient(fake_slack: FakeSlack) -> None:
+    notifier = token_notifier(fake_slack)
+    fake_slack.garble_next(1)
+
+    with pytest.raises(TransportError) as caught:
+        notifier.send(message())
+
+    assert caught.value.permanent is False
+    assert str(caught.value) == "Slack could not take the message now: HTTP 200, the answer was not JSON"
+    assert notifier.send(message()).ts is not None  # the next attempt gets through
+    assert len(fake_slack.messages) == 1
+
+
+def test_token_mode_edits_a_message_it_sent_with_chat_update(fake_slack: FakeSlack) -> None:
+    notifier = token_notifier(fake_slack)
+    opened = notifier.send(message())
+    assert opened.ts is not None
+
+    notifier.update(message("update", summary="the last 12 runs failed"), opened.ts)
+
+    [edit] = fake_slack.edits
+    assert edit["path"] == "/api/chat.update"
+    assert (edit["body"]["ts"], edit["body"]["channel"]) == (opened.ts, "C123")
+    assert "the last 12 runs failed" in edit["body"]["text"]
+    with pytest.raises(TransportError) as caught:
+        notifier.update(message("update"), "1.000")  # a message Slack does not have
+    assert caught.value.permanent is True and "message_not_found" in str(caught.value)
+
+
+def test_webhook_mode_cannot_edit_a_message(fake_slack: FakeSlack) -> None:
+    notifier = WebhookNotifier(fake_slack.webhook_url)
+
+    with pytest.raises(TransportError) as caught:
+        notifier.update(message("update"), "1700000000.000100")
+
+    assert notifier.can_edit is False and caught.value.permanent is True
+    assert fake_slack.requests == []
 
 
 def test_connection_refused_is_transient(refused_url: str) -> None:
@@ -347,7 +391,7 @@ def test_connection_refused_is_transient(refused_url: str) -> None:
     ]
     for notifier in notifiers:
         with pytest.raises(TransportError) as caught:
-            notifier.send(build_payload(alert()))
+            notifier.send(message())
         assert caught.value.permanent is False, notifier
 
 
@@ -357,7 +401,7 @@ def test_dropped_connection_is_transient_and_not_retried(fake_slack: FakeSlack, 
     fake_slack.drop_next(2)
 
     with pytest.raises(TransportError) as caught:
-        notifier.send(build_payload(alert()))
+        notifier.send(message())
 
     assert caught.value.permanent is False
     # slack_sdk's default handlers would have retried a dropped connection once.
@@ -372,7 +416,7 @@ def test_timeout_is_transient(fake_slack: FakeSlack) -> None:
     fake_slack.hang_next(2)
     for notifier in notifiers:
         with pytest.raises(TransportError) as caught:
-            notifier.send(build_payload(alert()))
+            notifier.send(message())
         assert caught.value.permanent is False, notifier
 
 
@@ -390,7 +434,7 @@ def test_token_never_appears_in_errors_logs_describe_or_repr(
     fake_slack.fail_next(1, slack_error=f"invalid_auth for {TOKEN}")
 
     with pytest.raises(TransportError) as caught:
-        notifier.send(build_payload(alert()))
+        notifier.send(message())
 
     assert fake_slack.requests[0]["headers"]["authorization"] == f"Bearer {TOKEN}"
     assert "invalid_auth for ***" in str(caught.value)
@@ -404,11 +448,11 @@ def test_webhook_url_never_appears_in_errors_logs_describe_or_repr(
 ) -> None:
     caplog.set_level(logging.DEBUG)
     notifier = WebhookNotifier(fake_slack.webhook_url)
-    notifier.send(build_payload(alert()))  # slack_sdk logs the URL of each request at DEBUG
+    notifier.send(message())  # slack_sdk logs the URL of each request at DEBUG
     fake_slack.fail_next(1, status=400, slack_error=f"invalid_payload at {WEBHOOK_PATH}")
 
     with pytest.raises(TransportError) as caught:
-        notifier.send(build_payload(alert()))
+        notifier.send(message())
 
     assert "invalid_payload at ***" in str(caught.value)
     assert_secret_hidden(WEBHOOK_PATH, caught.value, caplog.text)
@@ -421,7 +465,7 @@ def test_webhook_url_is_scrubbed_from_wrapped_exceptions(caplog: pytest.LogCaptu
     url = "ftp://hooks.example.com/services/T000/B000/anotherSecret42"
     # slack_sdk raises SlackRequestError("Invalid URL detected: <url>") and logs it.
     with pytest.raises(TransportError) as caught:
-        WebhookNotifier(url).send(build_payload(alert()))
+        WebhookNotifier(url).send(message())
 
     assert caught.value.permanent is True
     assert "***" in str(caught.value)
@@ -432,7 +476,7 @@ def test_null_notifier_is_unconfigured_and_refuses_permanently() -> None:
     notifier = NullNotifier()
 
     with pytest.raises(TransportError, match="Slack is not configured") as caught:
-        notifier.send(build_payload(alert()))
+        notifier.send(message())
 
     assert notifier.configured is False
     assert caught.value.permanent is True
@@ -447,6 +491,6 @@ def test_make_notifier_picks_webhook_then_token_then_nothing(fake_slack: FakeSla
     assert isinstance(webhook, WebhookNotifier) and webhook.configured
     assert isinstance(token, TokenNotifier) and token.configured
     assert isinstance(nothing, NullNotifier) and not nothing.configured
-    token.send(build_payload(alert()))
+    token.send(message())
     assert fake_slack.messages[0]["path"] == "/api/chat.postMessage"
     assert fake_slack.messages[0]["body"]["channel"] == "#ops"

@@ -10,10 +10,11 @@ from datetime import timedelta
 
 import pytest
 from scheduler.alerting.outbox import BASE_BACKOFF, CLAIM_HOLD, GIVE_UP_AFTER, OutboxSender, backoff
-from scheduler.alerting.slack import Alert, build_payload, make_notifier
+from scheduler.alerting.record import Finding
+from scheduler.alerting.slack import build_payload, make_notifier
 from scheduler.clock import FakeClock
 from scheduler.store import Store
-from scheduler.store.alerts import IncidentRow
+from scheduler.store.incidents import IncidentRow
 
 from tests.support.fakeslack import FakeSlack
 from tests.support.polling import wait_until
@@ -26,21 +27,17 @@ def token_sender(store: Store, fake: FakeSlack, clock: FakeClock, worker: str = 
 
 
 def queue_open(store: Store, clock: FakeClock, subject: str = "reports.daily") -> IncidentRow:
-    alert = Alert("failing", subject, "open", "the last run failed", clock.now(), host="node-a")
-    incident = store.alerts.open_incident(
-        subject, "failing", "the last run failed", {}, clock.now(), build_payload(alert)
+    alert = Finding(subject, "failing", "the last run failed", clock.now(), host="node-a")
+    incident = store.incidents.open_incident(
+        subject, "failing", "the last run failed", {}, clock.now(), build_payload(alert, "open")
     )
     assert incident is not None
     return incident
 
 
 def queue_recover(store: Store, clock: FakeClock, incident: IncidentRow) -> None:
-    def notice(row: IncidentRow) -> dict[str, object]:
-        return build_payload(
-            Alert(row.kind, row.subject, "recover", row.summary, row.opened_at, at=clock.now())
-        )
-
-    assert store.alerts.close_incident(incident.id, clock.now(), notice) is not None
+    payload = build_payload(Finding.from_incident(incident), "recover", clock.now())
+    assert store.incidents.close_incident(incident.id, clock.now(), payload) is not None
 
 
 def test_backoff_is_exponential_and_capped_and_obeys_retry_after() -> None:
@@ -57,10 +54,10 @@ def test_notice_is_sent_once_and_marked_sent_with_its_ts(
     assert sender.drain() == "1 sent"
     assert sender.drain() == "no notices due"
     assert len(fake_slack.messages) == 1
-    [row] = store.alerts.notices()
+    [row] = store.outbox.notices()
     assert (row.status, row.attempts, row.sent_at) == ("sent", 1, clock.now())
     assert row.slack_ts is not None
-    assert store.alerts.incidents()[0].slack_ts == row.slack_ts
+    assert store.incidents.incidents()[0].slack_ts == row.slack_ts
     assert incident.last_notified_at == clock.now()
 
 
@@ -71,7 +68,7 @@ def test_429_waits_for_retry_after_through_next_attempt_at(
     sender = token_sender(store, fake_slack, clock)
     fake_slack.fail_next(1, status=429, retry_after=30)
     assert sender.drain() == "1 retry"
-    [row] = store.alerts.notices()
+    [row] = store.outbox.notices()
     assert row.status == "pending"
     assert row.next_attempt_at == clock.now() + timedelta(seconds=30)
     assert "429" in (row.last_error or "")
@@ -80,7 +77,7 @@ def test_429_waits_for_retry_after_through_next_attempt_at(
     assert len(fake_slack.requests) == 1
     clock.advance(1)
     assert sender.drain() == "1 sent"
-    assert [r.status for r in store.alerts.notices()] == ["sent"]
+    assert [r.status for r in store.outbox.notices()] == ["sent"]
     assert len(fake_slack.messages) == 1
 
 
@@ -91,12 +88,12 @@ def test_500_retries_with_exponential_backoff(store: Store, fake_slack: FakeSlac
     waits = []
     for _ in range(3):
         assert sender.drain() == "1 retry"
-        [row] = store.alerts.notices()
+        [row] = store.outbox.notices()
         waits.append(row.next_attempt_at - clock.now())
         clock.set(row.next_attempt_at)
     assert waits == [BASE_BACKOFF, 2 * BASE_BACKOFF, 4 * BASE_BACKOFF]
     assert sender.drain() == "1 sent"
-    assert store.alerts.notices()[0].attempts == 4
+    assert store.outbox.notices()[0].attempts == 4
     assert len(fake_slack.messages) == 1
 
 
@@ -116,7 +113,7 @@ def test_permanent_error_marks_failed_and_is_not_retried(
     sender = token_sender(store, fake_slack, clock)
     fake_slack.fail_next(1, slack_error="channel_not_found")
     assert sender.drain() == "1 failed"
-    [row] = store.alerts.notices()
+    [row] = store.outbox.notices()
     assert row.status == "failed"
     assert "channel_not_found" in (row.last_error or "")
     assert TOKEN not in (row.last_error or "")
@@ -134,7 +131,7 @@ def test_rate_limit_holds_back_the_rest_of_the_batch(
     fake_slack.fail_next(1, status=429, retry_after=20)
     assert sender.drain() == "1 retry"
     assert len(fake_slack.requests) == 1  # the other two were not tried into the rate limit
-    rows = store.alerts.notices()
+    rows = store.outbox.notices()
     assert {r.next_attempt_at for r in rows} == {clock.now() + timedelta(seconds=20)}
     assert [r.attempts for r in rows] == [1, 0, 0]
     clock.advance(20)
@@ -155,7 +152,7 @@ def test_recovery_waits_for_its_opening_message_then_threads_under_it(
     assert sender.drain() == "2 sent"
     opening, recovery = fake_slack.messages
     assert "thread_ts" not in opening["body"]
-    assert recovery["body"]["thread_ts"] == store.alerts.incidents()[0].slack_ts
+    assert recovery["body"]["thread_ts"] == store.incidents.incidents()[0].slack_ts
     assert "Recovered" in recovery["body"]["text"]
 
 
@@ -164,12 +161,12 @@ def test_lapsed_claim_is_taken_over_by_another_sender(
 ) -> None:
     queue_open(store, clock)
     # A sender that claimed and died before sending:
-    assert len(store.alerts.claim_due("dead", clock.now(), CLAIM_HOLD)) == 1
+    assert len(store.outbox.claim_due("dead", clock.now(), CLAIM_HOLD)) == 1
     sender = token_sender(store, fake_slack, clock, "w2")
     assert sender.drain() == "no notices due"
     clock.advance(CLAIM_HOLD + timedelta(seconds=1))
     assert sender.drain() == "1 sent"
-    assert store.alerts.mark_sent(1, "dead", clock.now(), "1.2") is False  # the dead one cannot mark it
+    assert store.outbox.mark_sent(1, "dead", clock.now(), "1.2") is False  # the dead one cannot mark it
     assert len(fake_slack.messages) == 1
 
 
@@ -177,7 +174,7 @@ def test_unconfigured_sender_leaves_notices_pending(store: Store, clock: FakeClo
     queue_open(store, clock)
     sender = OutboxSender(store, make_notifier("", "", "#dev-notify"), clock, "w1")
     assert sender.drain() == "Slack not configured"
-    assert [r.status for r in store.alerts.notices()] == ["pending"]
+    assert [r.status for r in store.outbox.notices()] == ["pending"]
 
 
 def test_webhook_mode_sends_through_the_webhook(
@@ -187,7 +184,7 @@ def test_webhook_mode_sends_through_the_webhook(
     sender = OutboxSender(store, make_notifier(fake_slack.webhook_url, "", "#dev-notify"), clock, "w1")
     assert sender.drain() == "1 sent"
     assert fake_slack.messages[0]["path"].startswith("/webhook/")
-    assert store.alerts.notices()[0].slack_ts is None
+    assert store.outbox.notices()[0].slack_ts is None
 
 
 @pytest.mark.postgres
@@ -222,7 +219,7 @@ def test_two_concurrent_senders_on_postgresql_send_each_notice_once(
         wait_until(lambda: len(fake_slack.messages) >= 40, timeout=5)
         texts = [m["body"]["text"] for m in fake_slack.messages]
         assert len(texts) == 40 == len(set(texts))
-        rows = stores[0].alerts.notices()
+        rows = stores[0].outbox.notices()
         assert {r.status for r in rows} == {"sent"}
     finally:
         for s in stores:
@@ -239,7 +236,7 @@ def test_notice_undelivered_for_a_day_is_given_up(
     clock.advance(GIVE_UP_AFTER)
     fake_slack.fail_next(1, status=502)
     assert sender.drain() == "1 failed"
-    [row] = store.alerts.notices()
+    [row] = store.outbox.notices()
     assert row.status == "failed"
     assert (row.last_error or "").startswith("gave up after 2 attempts: ")
     assert sender.drain() == "no notices due"

@@ -10,22 +10,25 @@ from __future__ import annotations
 import logging
 import re
 import threading
+from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from scheduler.alerting.findings import Finding, grace_for, lateness
-from scheduler.alerting.watchdog import Watchdog, list_incidents, plan, send_test
+from scheduler.alerting.findings import grace_for, lateness
+from scheduler.alerting.record import Finding
+from scheduler.alerting.watchdog import Watchdog, plan
 from scheduler.clock import FakeClock
 from scheduler.cluster.health import Health
 from scheduler.config import Settings
 from scheduler.daemon.wiring import build_service
 from scheduler.errors import SchedulerError
 from scheduler.jobs.registry import make_spec
+from scheduler.operator.alerts import send_test
 from scheduler.store import Claim, Claimed, InstanceRow, JobRow, Outcome, Owner, Store
-from scheduler.store.alerts import IncidentRow
+from scheduler.store.incidents import IncidentRow
 
 from tests.support.fakeslack import FakeSlack
 from tests.support.tcpproxy import TcpProxy
@@ -39,8 +42,22 @@ def job_func() -> None:
     pass
 
 
+STATE_DIR: list[Path] = []  # this test's state dir (the local alert spool), set by `state_dir`
+
+
+@pytest.fixture(autouse=True)
+def state_dir(tmp_path: Path) -> Iterator[Path]:
+    STATE_DIR.append(tmp_path / "var")
+    yield STATE_DIR[-1]
+    STATE_DIR.clear()
+
+
 def settings(**changes: Any) -> Settings:
-    values: dict[str, Any] = {"instance_name": "node-a", "watchdog_interval": timedelta(seconds=15)}
+    values: dict[str, Any] = {
+        "instance_name": "node-a",
+        "watchdog_interval": timedelta(seconds=15),
+        "state_dir": STATE_DIR[-1],
+    }
     return replace(Settings(), **{**values, **changes})
 
 
@@ -96,7 +113,7 @@ def header(message: dict[str, Any]) -> str:
 
 
 def opened(store: Store) -> list[tuple[str, str]]:
-    return sorted((i.subject, i.kind) for i in store.alerts.open_incidents())
+    return sorted((i.subject, i.kind) for i in store.incidents.open_incidents())
 
 
 # -- pure decisions ---------------------------------------------------------------
@@ -224,15 +241,15 @@ def test_job_that_never_ran_opens_one_inactive_incident_and_recovers_in_thread(
     assert check(wd, clock) == "no change"
     opening, recovery = fake_slack.messages
     assert header(recovery) == f":large_green_circle: Recovered: Inactive job: {JOB}"
-    assert recovery["body"]["thread_ts"] == store.alerts.incidents()[0].slack_ts
+    assert recovery["body"]["thread_ts"] == store.incidents.incidents()[0].slack_ts
     assert "thread_ts" not in opening["body"]
-    [incident] = list_incidents(store, open_only=False, limit=10)
+    [incident] = store.incidents.incidents(open_only=False, limit=10)
     assert (incident.kind, incident.closed_at, incident.last_notified_at) == (
         "inactive",
         clock.now(),
         T0 + timedelta(seconds=61),
     )
-    assert list_incidents(store, open_only=True, limit=10) == []
+    assert store.incidents.incidents(open_only=True, limit=10) == []
 
 
 def test_delayed_job_alerts_once_and_recovers_when_it_runs(
@@ -306,7 +323,7 @@ def test_failing_after_n_consecutive_failures_then_recovery_on_next_success(
     finish(store, clock, start_run(store, clock, slots[5]), "succeeded")
     assert check(wd, clock) == "1 closed"
     assert header(fake_slack.messages[1]) == f":large_green_circle: Recovered: Failing job: {JOB}"
-    assert fake_slack.messages[1]["body"]["thread_ts"] == store.alerts.incidents()[0].slack_ts
+    assert fake_slack.messages[1]["body"]["thread_ts"] == store.incidents.incidents()[0].slack_ts
 
 
 def test_overrunning_run_past_its_timeout(store: Store, fake_slack: FakeSlack, clock: FakeClock) -> None:
@@ -367,13 +384,15 @@ def test_broken_module_and_job_loaded_nowhere(store: Store, fake_slack: FakeSlac
     ]
 
 
-def test_no_live_instance_is_reported_by_whoever_sees_it(
+def test_no_live_instance_is_reported_by_whoever_sees_it_after_two_lease_ttls(
     store: Store, fake_slack: FakeSlack, clock: FakeClock
 ) -> None:
     join(store, clock, [], ttl=timedelta(seconds=10))
-    wd = watchdog(store, clock, token_settings(fake_slack))
+    wd = watchdog(store, clock, token_settings(fake_slack, lease_ttl=timedelta(seconds=10)))
     assert wd.check_instances(clock.now()) == "no change"
-    clock.advance(11)
+    clock.advance(11)  # its lease ran out: a busy instance is late, not dead yet
+    assert wd.check_instances(clock.now()) == "no change"
+    clock.advance(10)
     assert wd.check_instances(clock.now()) == "1 opened"
     clock.advance(60)
     assert wd.check_instances(clock.now()) == "no change"
@@ -390,35 +409,70 @@ def test_no_live_instance_is_reported_by_whoever_sees_it(
     assert header(fake_slack.messages[1]) == ":large_green_circle: Recovered: Scheduler instance"
 
 
-def test_database_outage_alerts_directly_then_records_the_incident_when_back(
+def test_an_instance_renewing_its_own_heartbeat_never_reports_no_live_instance(
     store: Store, fake_slack: FakeSlack, clock: FakeClock
+) -> None:
+    join(store, clock, [], ttl=timedelta(seconds=10))
+    health = Health(clock)
+    wd = Watchdog(store, clock, token_settings(fake_slack), health, worker="inst-a")
+    clock.advance(60)  # the rows look dead (the row's write lags under load, or a peer's view)...
+    health.heartbeat_written()  # ... but this instance's coordinator renews its heartbeat
+    assert wd.check_instances(clock.now()) == "no change"
+    clock.advance(11)  # no renewal for longer than the lease TTL: this instance is not working
+    assert wd.check_instances(clock.now()) == "1 opened"
+
+
+def test_database_outage_alert_goes_through_the_local_spool_then_is_recorded_when_back(
+    store: Store, fake_slack: FakeSlack, clock: FakeClock, state_dir: Path
 ) -> None:
     config = token_settings(fake_slack, db_alert_after=timedelta(seconds=60))
     health = Health(clock)
     wd = Watchdog(store, clock, config, health, worker="inst-a")
     health.database(False, "database unavailable: connection refused")
     clock.advance(59)
-    assert "not alerting yet" in wd.check_database(clock.now())
-    fake_slack.fail_next(1, status=503)  # Slack is away too: tried again on the next check
+    assert "not alerting yet" in wd.step(clock.now())
+    fake_slack.fail_next(1, status=503)  # Slack is away too: retried with backoff
     clock.advance(1)
-    wd.check_database(clock.now())
-    assert fake_slack.messages == []
+    assert "spool: 1 retry" in wd.step(clock.now())
+    assert fake_slack.messages == [] and (state_dir / "alerts-node-a.json").exists()
     clock.advance(15)
-    wd.check_database(clock.now())
+    assert "spool: 1 sent" in wd.step(clock.now())
+    restarted = Watchdog(store, clock, config, health, worker="inst-a")  # a restart mid-outage
     clock.advance(15)
-    wd.check_database(clock.now())
-    [message] = fake_slack.messages  # sent directly, once
+    restarted.step(clock.now())
+    [message] = fake_slack.messages  # sent once, from the spool
     assert header(message) == ":red_circle: Database problem"
     assert "node-a cannot reach the database: connection refused" in message["body"]["text"]
-    assert store.alerts.incidents() == []  # could not be written while the database was away
+    assert store.incidents.incidents() == []  # could not be written while the database was away
     health.database(True)
-    assert wd.check_database(clock.now()) == "database reachable again; outage recorded"
-    wd.sender.drain()
-    [incident] = store.alerts.incidents()
+    assert "database reachable again; outage recorded" in restarted.step(clock.now())
+    [incident] = store.incidents.incidents()
     assert (incident.kind, incident.opened_at, incident.closed_at) == ("database", T0, clock.now())
+    assert [(n.event, n.status) for n in store.outbox.notices()] == [("open", "sent"), ("recover", "sent")]
     recovery = fake_slack.messages[1]
     assert header(recovery) == ":large_green_circle: Recovered: Database problem"
     assert recovery["body"]["thread_ts"] == incident.slack_ts is not None
+    assert not (state_dir / "alerts-node-a.json").exists()
+
+
+def test_outage_alert_still_spooled_when_the_database_returns_moves_to_the_outbox(
+    store: Store, fake_slack: FakeSlack, clock: FakeClock, state_dir: Path
+) -> None:
+    config = token_settings(fake_slack, db_alert_after=timedelta(seconds=1))
+    health = Health(clock)
+    wd = Watchdog(store, clock, config, health, worker="inst-a")
+    health.database(False, "connection refused")
+    clock.advance(2)
+    fake_slack.fail_next(1, status=503)
+    wd.step(clock.now())  # spooled, first attempt failed: due again in 5 s
+    health.database(True)
+    wd.step(clock.now())  # recorded with both notices; the outbox sends the opening first
+    assert [header(m) for m in fake_slack.messages] == [
+        ":red_circle: Database problem",
+        ":large_green_circle: Recovered: Database problem",
+    ]
+    assert fake_slack.messages[1]["body"]["thread_ts"] == store.incidents.incidents()[0].slack_ts
+    assert not (state_dir / "alerts-node-a.json").exists()
 
 
 def test_restart_neither_repeats_nor_loses_incidents(
@@ -438,7 +492,7 @@ def test_restart_neither_repeats_nor_loses_incidents(
     finish(store, clock, start_run(store, clock, clock.now()))
     assert check(watchdog(store, clock, config), clock) == "1 closed"  # and another restart
     assert len(fake_slack.messages) == 2
-    assert fake_slack.messages[1]["body"]["thread_ts"] == store.alerts.incidents()[0].slack_ts
+    assert fake_slack.messages[1]["body"]["thread_ts"] == store.incidents.incidents()[0].slack_ts
 
 
 @pytest.mark.postgres
@@ -480,7 +534,7 @@ def test_leader_change_on_postgresql_sends_one_message_per_transition(
             f"Recovered: Inactive job: {JOB}",
         ]
         assert {m["body"].get("thread_ts") for m in fake_slack.messages[1:]} == {
-            stores[0].alerts.incidents()[0].slack_ts
+            stores[0].incidents.incidents()[0].slack_ts
         }
     finally:
         for s in stores:
@@ -497,7 +551,7 @@ def test_racing_openers_on_postgresql_leave_one_open_incident(pg_url: str, clock
         def open_one(store: Store) -> None:
             barrier.wait(timeout=10)
             results.append(
-                store.alerts.open_incident(JOB, "failing", "failed", {}, clock.now(), {"text": "x"})
+                store.incidents.open_incident(JOB, "failing", "failed", {}, clock.now(), {"text": "x"})
             )
 
         threads = [threading.Thread(target=open_one, args=(s,)) for s in stores]
@@ -506,7 +560,7 @@ def test_racing_openers_on_postgresql_leave_one_open_incident(pg_url: str, clock
         for t in threads:
             t.join(timeout=20)
         assert sum(r is not None for r in results) == 1 and len(results) == len(stores)
-        assert len(stores[0].alerts.notices()) == 1
+        assert len(stores[0].outbox.notices()) == 1
     finally:
         for s in stores:
             s.dispose()
@@ -542,8 +596,8 @@ def test_without_slack_incidents_are_recorded_and_logged(
         assert check(wd, clock) == "1 closed"
     assert "Slack is not configured" in caplog.text
     assert f"incident opened: inactive {JOB}" in caplog.text
-    assert [i.kind for i in store.alerts.incidents()] == ["inactive"]
-    assert store.alerts.notices() == []  # nothing queued that nobody would send
+    assert [i.kind for i in store.incidents.incidents()] == ["inactive"]
+    assert store.outbox.notices() == []  # nothing queued that nobody would send
 
 
 def test_webhook_mode_sends_the_recovery_as_a_new_message(
@@ -642,7 +696,7 @@ def test_service_reports_a_failing_job_and_a_broken_module_to_slack(
     assert "RuntimeError: upstream refused" in str(fake_slack.messages)
     store = Store(config.database_url)
     try:
-        assert {i.kind for i in store.alerts.incidents(open_only=True)} == {"broken", "failing"}
+        assert {i.kind for i in store.incidents.incidents(open_only=True)} == {"broken", "failing"}
     finally:
         store.dispose()
 
@@ -672,7 +726,7 @@ def test_service_cut_off_from_postgresql_alerts_directly_and_threads_the_recover
         proxy.close()
     store = Store(pg_url)
     try:
-        [incident] = store.alerts.incidents()
+        [incident] = store.incidents.incidents()
     finally:
         store.dispose()
     assert (incident.subject, incident.kind, incident.closed_at is not None) == ("node-a", "database", True)
@@ -695,7 +749,7 @@ def test_run_facts_behind_a_long_run_of_skipped_slots_are_still_found(store: Sto
     store.runs.claim(later, owner, start, start)
     store.runs.claim([Claim("quiet.job", start, status="missed")], owner, start, start)
 
-    activity = store.alerts.activity(["facts.job", "quiet.job", "never.job"], depth=2)
+    activity = store.runfacts.activity(["facts.job", "quiet.job", "never.job"], depth=2)
 
     assert activity.last_started == {"facts.job": start}  # the run's start
     assert [(r.id, r.status) for r in activity.outcomes["facts.job"]] == [(won[0].run_id, "failed")]

@@ -61,6 +61,9 @@ class Settings:
     watchdog_interval: timedelta = timedelta(seconds=15)
     db_alert_after: timedelta = timedelta(seconds=60)
     realert_after: timedelta = timedelta(0)
+    alert_group_after: int = 5  # this many jobs late in one pass give one grouped incident
+    skip_alert_after: int = 3  # skipped slots in a row that make a "skipping" incident
+    alert_update_every: timedelta = timedelta(minutes=5)  # most often an incident's text is updated
     default_isolation: str = "thread"
     crash_loop_after: int = 5
     crash_loop_pause_after: int = 10
@@ -276,6 +279,11 @@ def _check(s: Settings) -> None:
         fail("max_log_bytes", "must be at least 1024")
     if s.catchup_limit < 1:
         fail("catchup_limit", "must be at least 1")
+    for name in ("alert_group_after", "skip_alert_after"):
+        if not 1 <= getattr(s, name) <= 100_000:
+            fail(name, f"must be 1-100000, got {getattr(s, name)}")
+    if s.alert_update_every < timedelta(0):
+        fail("alert_update_every", "must not be negative")
     for name in ("crash_loop_after", "crash_loop_pause_after"):
         if getattr(s, name) < 0:
             fail(name, f"must be 0 (off) or more, got {getattr(s, name)}")

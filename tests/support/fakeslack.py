@@ -5,11 +5,15 @@ Point the real clients at it: `WebClient(base_url=server.api_url)` or
 
 - `POST /api/chat.postMessage` (JSON or form body) with
   `{"ok": true, "channel": "C123", "ts": ...}`, each ts unique and increasing;
+- `POST /api/chat.update` with `{"ok": true, ...}` if the ts was posted, else
+  `{"ok": false, "error": "message_not_found"}`;
 - `POST /webhook/...` with 200 "ok";
 
-unless told to fail the next requests (`fail_next`, `drop_next`, `hang_next`).
+unless told to fail the next requests (`fail_next`, `drop_next`, `hang_next`,
+`garble_next`: HTTP 200 with an HTML page, as a proxy in front of Slack may).
 Every request is recorded in `requests` (failed ones too, with the status
-they got); the successful ones also in `messages`. Header names are recorded
+they got); the successful posts also in `messages`, the successful edits in
+`edits`. Header names are recorded
 in lower case: `request["headers"]["authorization"]`.
 """
 
@@ -38,6 +42,7 @@ class _Failure:
     slack_error: str | None = None
     drop: bool = False  # close the connection without answering
     hang: bool = False  # answer nothing until the server closes
+    garble: bool = False  # HTTP 200 with a body that is not JSON
 
 
 @dataclass(frozen=True)
@@ -52,6 +57,8 @@ class FakeSlack:
     def __init__(self) -> None:
         self.requests: list[dict[str, Any]] = []
         self.messages: list[dict[str, Any]] = []
+        self.edits: list[dict[str, Any]] = []
+        self._posted: set[str] = set()
         self._cond = threading.Condition()
         self._failures: deque[_Failure] = deque()
         self._ts_counter = 0
@@ -101,6 +108,11 @@ class FakeSlack:
         with self._cond:
             self._failures.extend([_Failure(hang=True)] * n)
 
+    def garble_next(self, n: int = 1) -> None:
+        """The next n requests get HTTP 200 with an HTML body instead of JSON."""
+        with self._cond:
+            self._failures.extend([_Failure(garble=True)] * n)
+
     def wait_for(self, n: int, timeout: float = 5.0) -> bool:
         """Wait until n messages were accepted; False if the timeout passed first."""
         with self._cond:
@@ -140,12 +152,17 @@ class FakeSlack:
             answer = self._answer(path, body, failure)
             request["status"] = answer.status
             self.requests.append(request)
-            if failure is None and answer.status == 200:
+            if failure is None and answer.status == 200 and path.endswith("chat.update"):
+                if json.loads(answer.body).get("ok"):
+                    self.edits.append(request)
+            elif failure is None and answer.status == 200:
                 self.messages.append(request)
             self._cond.notify_all()
             return answer
 
     def _answer(self, path: str, body: Any, failure: _Failure | None) -> _Answer:
+        if failure is not None and failure.garble:
+            return _Answer(200, b"<html><body>502 Bad Gateway</body></html>", "text/html", {})
         if path.startswith("/webhook/"):
             if failure is None:
                 return _Answer(200, b"ok", "text/plain", {})
@@ -158,9 +175,18 @@ class FakeSlack:
                 ts = f"1700000000.{self._ts_counter:06d}"
                 text = body.get("text") if isinstance(body, dict) else None
                 message = {"text": text, "ts": ts}
+                self._posted.add(ts)
                 return _json(200, {"ok": True, "channel": CHANNEL_ID, "ts": ts, "message": message})
             error = failure.slack_error or _default_error(failure.status)
             return _json(failure.status or 200, {"ok": False, "error": error}, failure)
+        if path == f"{API_PATH}chat.update":
+            if failure is not None:
+                error = failure.slack_error or _default_error(failure.status)
+                return _json(failure.status or 200, {"ok": False, "error": error}, failure)
+            ts = body.get("ts") if isinstance(body, dict) else None
+            if ts not in self._posted:
+                return _json(200, {"ok": False, "error": "message_not_found"})
+            return _json(200, {"ok": True, "channel": CHANNEL_ID, "ts": ts})
         if path.startswith(API_PATH):
             return _json(200, {"ok": False, "error": "unknown_method"})
         return _text(404, "not found")

@@ -11,6 +11,11 @@ Defaults chosen:
   row; an abandoned run (its instance was lost) neither counts nor resets.
 - overrunning: a run still running past its timeout, or without one past its
   period plus grace (it is eating into the next slot).
+- skipping: `skip_alert_after` (default 3) slots in a row recorded `skipped`.
+- late: `alert_group_after` (default 5) or more jobs newly delayed or inactive
+  in one pass give one grouped finding instead of one each.
+- overloaded: slots recorded `missed` with an error starting 'overloaded:' (the
+  dispatcher fell behind) in the last few minutes, per instance.
 - paused: a job the crash-loop guard paused, until someone resumes it.
 """
 
@@ -22,13 +27,13 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from scheduler.alerting.slack import format_utc
+from scheduler.alerting.record import Finding, format_utc
 from scheduler.engine.guard import AUTO_PAUSE_ACTOR
 from scheduler.jobs.effective import schedule_of
 from scheduler.jobs.schedules import Schedule, format_interval
 from scheduler.store import InstanceRow, JobRow
-from scheduler.store.alerts import Activity
 from scheduler.store.history import RunRow
+from scheduler.store.runfacts import Activity, Overload
 
 SCHEDULER = "scheduler"  # the subject of incidents about the scheduler as a whole
 MIN_GRACE = timedelta(seconds=60)
@@ -36,29 +41,30 @@ MAX_GRACE = timedelta(hours=1)
 # A job row synced this recently may belong to an instance that is still registering.
 LOAD_SETTLE = timedelta(seconds=30)
 MAX_STREAK = 100
+LATE_KINDS = ("delayed", "inactive")
+GROUP_LIST = 20  # job names listed in a grouped message; the rest are counted
 _STDLIB = re.compile(r'File "[^"]*/lib/python3\.\d+/(?!site-packages/)')
 
 
-@dataclass(frozen=True)
-class Finding:
-    """Something wrong now; becomes an incident keyed by (subject, kind)."""
+@dataclass
+class LatenessMemo:
+    """Lateness answers kept between passes, per job: asked again only when the job row
+    (by identity: the watchdog keeps unchanged rows) or its last start changed, or when
+    its expected slot moved. Most of 10,000 jobs are not near a deadline at any pass."""
 
-    subject: str
-    kind: str
-    summary: str
-    since: datetime
-    host: str | None = None
-    last_error: str | None = None
-    action: str | None = None
-    details: dict[str, Any] = field(default_factory=dict)
+    entries: dict[str, tuple[JobRow, datetime | None, datetime, Finding | None]] = field(default_factory=dict)
 
-    @property
-    def key(self) -> tuple[str, str]:
-        return (self.subject, self.kind)
+    def lateness(self, row: JobRow, last_started: datetime | None, now: datetime) -> Finding | None:
+        entry = self.entries.get(row.name)
+        if entry is not None and entry[0] is row and entry[1] == last_started and now < entry[2]:
+            return entry[3]
+        finding, recheck = _lateness(row, last_started, now)
+        self.entries[row.name] = (row, last_started, recheck, finding)
+        return finding
 
-    def stored_details(self) -> dict[str, Any]:
-        extra = {"since": self.since.isoformat(), "host": self.host, "last_error": self.last_error}
-        return {**self.details, **{k: v for k, v in extra.items() if v is not None}}
+    def keep_only(self, names: set[str]) -> None:
+        for gone in self.entries.keys() - names:
+            del self.entries[gone]
 
 
 @dataclass(frozen=True)
@@ -67,6 +73,8 @@ class Snapshot:
     jobs: list[JobRow]
     activity: Activity
     alive: list[InstanceRow]
+    skip_alert_after: int = 3
+    memo: LatenessMemo | None = None
 
 
 def period_at(schedule: Schedule, slot: datetime) -> timedelta:
@@ -89,11 +97,31 @@ def lateness(row: JobRow, last_started: datetime | None, now: datetime) -> Findi
     Only slots after the definition last changed (`updated_at`: code change,
     pause, resume or schedule override) count.
     """
+    return _lateness(row, last_started, now)[0]
+
+
+def _lateness(row: JobRow, last_started: datetime | None, now: datetime) -> tuple[Finding | None, datetime]:
+    """The finding, and the instant before which it cannot change (the row and last start unchanged)."""
     schedule = schedule_of(row)
     first = schedule.next_after(row.updated_at)
     latest = schedule.previous_before(now) or first
     grace = grace_for(row, period_at(schedule, latest))
     expected = schedule.previous_before(now - grace + timedelta(microseconds=1))
+    # `expected` moves when the next slot's grace runs out, and the grace (of a cron job)
+    # may change once the next slot has passed: until the earlier, the answer stands.
+    tick = timedelta(microseconds=1)
+    recheck = min(schedule.next_after(now - grace) + grace - tick, schedule.next_after(now - tick) + tick)
+    return _late(row, schedule, first, grace, expected, last_started), recheck
+
+
+def _late(
+    row: JobRow,
+    schedule: Schedule,
+    first: datetime,
+    grace: timedelta,
+    expected: datetime | None,
+    last_started: datetime | None,
+) -> Finding | None:
     if expected is None or expected < first:
         return None
     action = f"scheduler history {row.name}"
@@ -112,19 +140,29 @@ def lateness(row: JobRow, last_started: datetime | None, now: datetime) -> Findi
     return Finding(row.name, "delayed", summary, missed, action=action, details=details)
 
 
-def failing(row: JobRow, outcomes: list[RunRow]) -> Finding | None:
-    """`alert_after_failures` failed or timed-out runs in a row, newest first in `outcomes`."""
+def failing(
+    row: JobRow, outcomes: list[RunRow], failures: int | None = None, at_least: bool = False
+) -> Finding | None:
+    """`alert_after_failures` failed or timed-out runs in a row, newest first in `outcomes`.
+
+    `failures` is the length of the streak when it is known beyond `outcomes`
+    (the watchdog counts it as runs end); `at_least`: it may be longer.
+    """
     threshold = max(1, int(row.definition.get("alert_after_failures") or 1))
     streak = []
     for run in outcomes:
         if run.status == "succeeded":
             break
         streak.append(run)
-    if len(streak) < threshold:
+    if not streak:
+        return None
+    total = max(len(streak), failures or 0)
+    if total < threshold:
         return None
     latest, first = streak[0], streak[-1]
-    count = f"{len(streak)}+" if len(streak) == len(outcomes) == MAX_STREAK else str(len(streak))
-    summary = f"the last {count} runs failed" if len(streak) > 1 else "the last run failed"
+    at_least = at_least or (failures is None and len(streak) == len(outcomes) == MAX_STREAK)
+    count = f"{total}+" if at_least else str(total)
+    summary = f"the last {count} runs failed" if total > 1 else "the last run failed"
     summary += f" (alerts after {threshold}); latest: run {latest.id} {latest.status}"
     error = ": ".join(p for p in (latest.error_type, latest.error_message) if p) or latest.status
     return Finding(
@@ -135,7 +173,7 @@ def failing(row: JobRow, outcomes: list[RunRow]) -> Finding | None:
         host=latest.host,
         last_error=error,
         action=f"scheduler history {row.name}",
-        details={"run_id": latest.id, "failures": len(streak), "threshold": threshold},
+        details={"run_id": latest.id, "failures": total, "threshold": threshold},
     )
 
 
@@ -192,6 +230,69 @@ def auto_paused(row: JobRow, outcomes: list[RunRow]) -> Finding | None:
     )
 
 
+def skipping(row: JobRow, streak: int, threshold: int, newest: datetime | None) -> Finding | None:
+    """`threshold` slots in a row recorded `skipped`: its runs take longer than its period."""
+    if streak < threshold or newest is None:
+        return None
+    period = span(period_at(schedule_of(row), newest))
+    count = f"{streak}+" if streak > MAX_STREAK else str(streak)
+    summary = (
+        f"the last {count} slots were skipped because a run was still going "
+        f"(alerts after {threshold}): its runs take longer than its period of {period}"
+    )
+    action = f"scheduler history {row.name}; lengthen its interval or shorten its runs"
+    details = {"skipped": streak, "threshold": threshold}
+    return Finding(row.name, "skipping", summary, newest, action=action, details=details)
+
+
+def overloaded(overloads: list[Overload], window: timedelta) -> list[Finding]:
+    """Instances that recorded slots as lost because they fell behind, in the last `window`."""
+    findings = []
+    for o in overloads:
+        summary = (
+            f"{o.host} lost {o.count} slots in the last {span(window)} because it fell behind "
+            f"(latest {format_utc(o.latest)})"
+        )
+        findings.append(
+            Finding(
+                o.host,
+                "overloaded",
+                summary,
+                o.latest,
+                host=o.host,
+                last_error=o.error,
+                action="scheduler history --status missed; add instances or spread the jobs",
+                details={"lost": o.count},
+            )
+        )
+    return findings
+
+
+def group_late(findings: list[Finding], open_keys: set[tuple[str, str]], threshold: int) -> list[Finding]:
+    """Many jobs late at once (a start-up, a stall) become one "late" incident listing them.
+
+    Late jobs already alerted one by one keep their incidents; the new ones are
+    folded into the group while it is open, and the group closes when none is left.
+    """
+    group_key = (SCHEDULER, "late")
+    late = [f for f in findings if f.kind in LATE_KINDS and f.key not in open_keys]
+    if not late or (len(late) < threshold and group_key not in open_keys):
+        return findings
+    names = sorted(f.subject for f in late)
+    listed = ", ".join(names[:GROUP_LIST])
+    more = f" and {len(names) - GROUP_LIST} more" if len(names) > GROUP_LIST else ""
+    summary = f"{len(names)} jobs are late: {listed}{more}"
+    group = Finding(
+        SCHEDULER,
+        "late",
+        summary,
+        min(f.since for f in late),
+        action="scheduler jobs",
+        details={"jobs": names[:200], "count": len(names)},
+    )
+    return [f for f in findings if f.kind not in LATE_KINDS or f.key in open_keys] + [group]
+
+
 def broken(jobs: list[JobRow], alive: list[InstanceRow], now: datetime) -> list[Finding]:
     """Job modules that failed to import on a live instance; jobs no live instance loaded."""
     if not alive:
@@ -234,6 +335,9 @@ def detect_jobs(snap: Snapshot) -> list[Finding]:
     running = {run.job for run in snap.activity.running}
     rows = {row.name: row for row in snap.jobs}
     found: dict[tuple[str, str], Finding] = {}
+    late = lateness if snap.memo is None else snap.memo.lateness
+    if snap.memo is not None:
+        snap.memo.keep_only(set(rows))
 
     def add(finding: Finding | None) -> None:
         if finding is not None:
@@ -242,8 +346,12 @@ def detect_jobs(snap: Snapshot) -> list[Finding]:
     for row in snap.jobs:
         if row.name in loaded and row.name not in running and not row.paused:
             if row.definition.get("enabled", True):
-                add(lateness(row, snap.activity.last_started.get(row.name), snap.now))
-        add(failing(row, snap.activity.outcomes.get(row.name, [])))
+                add(late(row, snap.activity.last_started.get(row.name), snap.now))
+        failures = snap.activity.failures.get(row.name)
+        at_least = row.name in snap.activity.failures_at_least
+        add(failing(row, snap.activity.outcomes.get(row.name, []), failures, at_least))
+        streak = snap.activity.skipped.get(row.name, 0)
+        add(skipping(row, streak, snap.skip_alert_after, snap.activity.newest.get(row.name)))
         add(auto_paused(row, snap.activity.outcomes.get(row.name, [])))
     for run in snap.activity.running:
         if run.job in rows:

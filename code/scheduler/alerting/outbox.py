@@ -1,5 +1,10 @@
 """Delivering queued notices to Slack: claim, send, then mark; retries with backoff.
 
+Every message goes through here: the database outbox (`store.outbox`), and
+the local spool (alerting/spool.py) that holds the database-outage alert while
+the database is away. An "update" notice edits the incident's opening message
+(chat.update, token mode); a "recover" one is a reply in its thread.
+
 A notice stays `pending` until Slack has accepted it. A sender claims due
 notices for `CLAIM_HOLD` (longer than a send can take), so two senders never
 send one notice; a sender that dies mid-send leaves its claim to lapse and the
@@ -17,11 +22,13 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime, timedelta
+from typing import Any
 
-from scheduler.alerting.slack import Notifier, TransportError
+from scheduler.alerting.slack import Delivery, Notifier, TransportError
+from scheduler.alerting.spool import LocalOutbox, SpooledNotice
 from scheduler.clock import Clock
 from scheduler.store import Store
-from scheduler.store.alerts import ClaimedNotice
+from scheduler.store.outbox import ClaimedNotice
 
 log = logging.getLogger(__name__)
 
@@ -43,13 +50,21 @@ def backoff(attempts: int, retry_after: float | None) -> timedelta:
 
 class OutboxSender:
     def __init__(
-        self, store: Store, notifier: Notifier, clock: Clock, worker: str, *, hold: timedelta = CLAIM_HOLD
+        self,
+        store: Store,
+        notifier: Notifier,
+        clock: Clock,
+        worker: str,
+        *,
+        hold: timedelta = CLAIM_HOLD,
+        spool: LocalOutbox | None = None,
     ) -> None:
         self.store = store
         self.notifier = notifier
         self.clock = clock
         self.worker = worker
         self.hold = hold
+        self.spool = spool
 
     def drain(self) -> str:
         """Send every notice due now; returns a sentence saying what happened.
@@ -64,7 +79,7 @@ class OutboxSender:
             return "Slack not configured"
         counts = {"sent": 0, "retry": 0, "failed": 0}
         for _ in range(MAX_ROUNDS):
-            claimed = self.store.alerts.claim_due(self.worker, self.clock.now(), self.hold, BATCH)
+            claimed = self.store.outbox.claim_due(self.worker, self.clock.now(), self.hold, BATCH)
             if not claimed or not self._send_batch(claimed, counts):
                 break
         return ", ".join(f"{n} {what}" for what, n in counts.items() if n) or "no notices due"
@@ -77,7 +92,7 @@ class OutboxSender:
             if due is not None:
                 # Slack is rate-limiting or failing: the rest waits as long as this one.
                 for rest in claimed[index + 1 :]:
-                    self.store.alerts.release(rest.row.id, self.worker, due)
+                    self.store.outbox.release(rest.row.id, self.worker, due)
                 return False
         return True
 
@@ -88,16 +103,16 @@ class OutboxSender:
         """
         row = notice.row
         try:
-            delivery = self.notifier.send(row.payload, thread_ts=notice.thread_ts)
+            delivery = self._attempt(row.event, row.payload, notice.thread_ts)
         except TransportError as exc:
             now = self.clock.now()
             if exc.permanent or now - row.created_at >= GIVE_UP_AFTER:
                 why = str(exc) if exc.permanent else f"gave up after {row.attempts} attempts: {exc}"
-                self._mark(self.store.alerts.mark_failed(row.id, self.worker, why), row.id)
+                self._mark(self.store.outbox.mark_failed(row.id, self.worker, why), row.id)
                 log.error("notice %s (%s) not delivered, giving up: %s", row.id, row.event, why)
                 return "failed", None
             wait = backoff(row.attempts, exc.retry_after)
-            self._mark(self.store.alerts.mark_retry(row.id, self.worker, now + wait, str(exc)), row.id)
+            self._mark(self.store.outbox.mark_retry(row.id, self.worker, now + wait, str(exc)), row.id)
             log.warning(
                 "notice %s (%s) not delivered (attempt %d), retrying in %.0fs: %s",
                 row.id,
@@ -107,7 +122,7 @@ class OutboxSender:
                 exc,
             )
             return "retry", now + wait
-        self._mark(self.store.alerts.mark_sent(row.id, self.worker, self.clock.now(), delivery.ts), row.id)
+        self._mark(self.store.outbox.mark_sent(row.id, self.worker, self.clock.now(), delivery.ts), row.id)
         log.info(
             "notice %s (%s) sent to %s",
             row.id,
@@ -121,3 +136,51 @@ class OutboxSender:
         if not held:
             # Our claim lapsed and another sender took the notice over: it may be sent twice.
             log.warning("notice %s: claim lapsed before its result was written", notice_id)
+
+    def _attempt(self, event: str, payload: dict[str, Any], ts: str | None) -> Delivery:
+        if event != "update":
+            return self.notifier.send(payload, thread_ts=ts)
+        if ts is None:
+            raise TransportError("no opening message to edit (it was never delivered)", permanent=True)
+        return self.notifier.update(payload, ts)
+
+    # -- the local spool ----------------------------------------------------------
+
+    def drain_spool(self) -> str:
+        """Send the spooled notices that are due; works with the database away."""
+        if self.spool is None or not self.notifier.configured:
+            return ""
+        counts = {"sent": 0, "retry": 0, "failed": 0}
+        for entry in self.spool.due(self.clock.now()):
+            counts[self._deliver_spooled(self.spool, entry)] += 1
+        done = ", ".join(f"{n} {what}" for what, n in counts.items() if n)
+        return f"spool: {done}" if done else ""
+
+    def _deliver_spooled(self, spool: LocalOutbox, entry: SpooledNotice) -> str:
+        assert entry.payload is not None  # an entry without one is spooled `failed`
+        attempts = entry.attempts + 1
+        try:
+            delivery = self.notifier.send(entry.payload)
+        except TransportError as exc:
+            now = self.clock.now()
+            if exc.permanent or now - datetime.fromisoformat(entry.created_at) >= GIVE_UP_AFTER:
+                spool.update(entry.id, status="failed", attempts=attempts, last_error=str(exc))
+                log.error("spooled %s alert not delivered, giving up: %s", entry.kind, exc)
+                return "failed"
+            wait = backoff(attempts, exc.retry_after)
+            due = (now + wait).isoformat()
+            spool.update(entry.id, attempts=attempts, next_attempt_at=due, last_error=str(exc))
+            log.warning(
+                "spooled %s alert not delivered (attempt %d), retrying in %.0fs: %s",
+                entry.kind,
+                attempts,
+                wait.total_seconds(),
+                exc,
+            )
+            return "retry"
+        sent_at = self.clock.now().isoformat()
+        spool.update(entry.id, status="sent", attempts=attempts, sent_at=sent_at, slack_ts=delivery.ts)
+        log.info(
+            "spooled %s alert sent to %s", entry.kind, self.notifier.describe(), extra={"action": "notify"}
+        )
+        return "sent"

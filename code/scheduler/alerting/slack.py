@@ -1,6 +1,7 @@
 """Slack: alert payloads (pure) and their delivery.
 
-`build_payload` turns an `Alert` into a Block Kit message and does no I/O.
+`build_payload` turns a `Finding` and an event into a Block Kit message and
+does no I/O.
 A `Notifier` delivers one payload and reports a failure as `TransportError`,
 permanent or not. It never retries, not even through slack_sdk's own retry
 handlers: retry policy, and the pending row that survives a restart, belong
@@ -14,44 +15,45 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from http.client import HTTPException
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError, SlackClientError
+from slack_sdk.web import SlackResponse
 from slack_sdk.webhook import WebhookClient
 
+from scheduler.alerting.record import SCHEDULER_WIDE, Finding, format_utc
 from scheduler.errors import SchedulerError
 from scheduler.humanize import span
-
-KINDS = ("delayed", "inactive", "failing", "overrunning", "broken", "paused", "instance", "database", "test")
-EVENTS = ("open", "recover", "realert", "test")
-
-# Incidents about the scheduler itself have subject "scheduler", not a job.
-SCHEDULER_WIDE = frozenset({"instance", "database", "test"})
 
 _TITLES = {
     "delayed": "Delayed job",
     "inactive": "Inactive job",
+    "late": "Jobs late",
     "failing": "Failing job",
+    "skipping": "Job skipping its slots",
     "overrunning": "Overrunning job",
     "broken": "Broken job",
     "paused": "Job paused by the crash-loop guard",
     "instance": "Scheduler instance",
+    "overloaded": "Instance overloaded",
     "database": "Database problem",
     "test": "Test notification",
 }
 _EMOJI = {
     "open": ":red_circle:",
+    "update": ":red_circle:",
     "realert": ":red_circle:",
     "recover": ":large_green_circle:",
     "test": ":large_blue_circle:",
 }
-_PREFIX = {"open": "", "realert": "Still open: ", "recover": "Recovered: ", "test": ""}
+_PREFIX = {"open": "", "update": "", "realert": "Still open: ", "recover": "Recovered: ", "test": ""}
+EVENTS = tuple(_PREFIX)
 
 # Block Kit limits (characters): header text, section field, section text.
 HEADER_LIMIT = 150
@@ -72,57 +74,40 @@ _TRANSIENT_ERRORS = frozenset(
     }
 )
 
+# What slack_sdk puts in `error` when the answer was not JSON (a proxy's or load balancer's page).
+_NOT_JSON = "Received a response in a non-JSON format"
+
 # slack_sdk logs request URLs at DEBUG and failures with their text at ERROR;
 # for a webhook that text is the secret. This logger is outside the logging
 # tree, so no configuration can turn it on; send() reports failures itself.
 _SDK_LOG = logging.Logger("scheduler.alerting.slack.slack_sdk", level=logging.CRITICAL + 1)
 
 
-@dataclass(frozen=True)
-class Alert:
-    """What the watchdog hands over; pure data.
+def build_payload(alert: Finding, event: str, at: datetime | None = None) -> dict[str, Any]:
+    """Slack message about `alert` for `event`: {"text": fallback, "blocks": [...Block Kit...]}. Pure.
 
-    Raises ValueError for an unknown kind or event, or a naive datetime.
+    `at` is when it recovered (shown for "recover"). Raises ValueError for an
+    unknown event or a naive `at`.
     """
-
-    kind: str
-    subject: str
-    event: str
-    summary: str
-    since: datetime
-    host: str | None = None
-    last_error: str | None = None
-    action: str | None = None
-    at: datetime | None = None
-
-    def __post_init__(self) -> None:
-        if self.kind not in KINDS:
-            raise ValueError(f"Alert.kind: unknown kind {self.kind!r}")
-        if self.event not in EVENTS:
-            raise ValueError(f"Alert.event: unknown event {self.event!r}")
-        if self.since.tzinfo is None:
-            raise ValueError("Alert.since: must be tz-aware")
-        if self.at is not None and self.at.tzinfo is None:
-            raise ValueError("Alert.at: must be tz-aware")
-
-
-def build_payload(alert: Alert) -> dict[str, Any]:
-    """Slack message: {"text": fallback, "blocks": [...Block Kit...]}. Pure."""
+    if event not in EVENTS:
+        raise ValueError(f"build_payload: unknown event {event!r}")
+    if at is not None and at.tzinfo is None:
+        raise ValueError("build_payload: `at` must be tz-aware")
     title = _TITLES[alert.kind]
     scoped = alert.kind not in SCHEDULER_WIDE
-    headline = f"{_PREFIX[alert.event]}{title}"
-    header = f"{_EMOJI[alert.event]} {headline}" + (f": {alert.subject}" if scoped else "")
+    headline = f"{_PREFIX[event]}{title}"
+    header = f"{_EMOJI[event]} {headline}" + (f": {alert.subject}" if scoped else "")
     blocks: list[dict[str, Any]] = [
         {
             "type": "header",
             "text": {"type": "plain_text", "text": _clip(_line(header), HEADER_LIMIT), "emoji": True},
         },
-        {"type": "section", "fields": [_field(k, v) for k, v in _facts(alert, scoped)]},
+        {"type": "section", "fields": [_field(k, v) for k, v in _facts(alert, event, at, scoped)]},
     ]
-    if alert.last_error:
+    if alert.last_error and event != "recover":
         error = _clip(_line(alert.last_error), ERROR_LIMIT).replace("`", "'")
         blocks.append(_section(f"*Last error*\n`{_escape(error)}`"))
-    if alert.action:
+    if alert.action and event != "recover":
         action = _escape(_line(alert.action).replace("`", "'"))
         text = _clip(f"How to act: `{action}`", TEXT_LIMIT)
         blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": text}]})
@@ -131,23 +116,18 @@ def build_payload(alert: Alert) -> dict[str, Any]:
     return {"text": fallback, "blocks": blocks}
 
 
-def _facts(alert: Alert, scoped: bool) -> list[tuple[str, str]]:
+def _facts(alert: Finding, event: str, at: datetime | None, scoped: bool) -> list[tuple[str, str]]:
     facts = [
         ("Job" if scoped else "Scope", alert.subject),
         ("Problem", alert.summary),
         ("Since", format_utc(alert.since)),
     ]
-    if alert.event == "recover" and alert.at is not None:
-        lasted = span(max(0.0, (alert.at - alert.since).total_seconds()))
-        facts.append(("Recovered", f"{format_utc(alert.at)} (after {lasted})"))
+    if event == "recover" and at is not None:
+        lasted = span(max(0.0, (at - alert.since).total_seconds()))
+        facts.append(("Recovered", f"{format_utc(at)} (after {lasted})"))
     if alert.host:
         facts.append(("Host", alert.host))
     return facts
-
-
-def format_utc(instant: datetime) -> str:
-    """'2026-11-25 08:00 UTC'."""
-    return instant.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
 def _field(label: str, value: str) -> dict[str, str]:
@@ -198,9 +178,14 @@ class Delivery:
 
 class Notifier(Protocol):
     configured: bool
+    can_edit: bool  # True if `update` can edit a message sent before (token mode)
 
     def send(self, payload: dict[str, Any], thread_ts: str | None = None) -> Delivery:
         """Deliver one payload once. Raises TransportError."""
+        ...
+
+    def update(self, payload: dict[str, Any], ts: str) -> Delivery:
+        """Replace the message `ts` with `payload`. Raises TransportError."""
         ...
 
     def describe(self) -> str:
@@ -210,6 +195,7 @@ class Notifier(Protocol):
 
 class WebhookNotifier:
     configured: bool = True
+    can_edit: bool = False
 
     def __init__(self, url: str, *, timeout: float = 10.0) -> None:
         self._secrets = _Secrets(url, *_url_secrets(url))
@@ -238,6 +224,10 @@ class WebhookNotifier:
         error = _line(response.body or "")
         raise _refusal(response.status_code, error, response.headers, self._secrets)
 
+    def update(self, payload: dict[str, Any], ts: str) -> Delivery:
+        """An incoming webhook cannot edit a message: refused for good."""
+        raise TransportError("a Slack webhook cannot edit a message", permanent=True)
+
     def describe(self) -> str:
         return "Slack webhook"
 
@@ -247,9 +237,11 @@ class WebhookNotifier:
 
 class TokenNotifier:
     configured: bool = True
+    can_edit: bool = True
 
     def __init__(self, token: str, channel: str, *, base_url: str = "", timeout: float = 10.0) -> None:
         self.channel = channel
+        self._channel_id: dict[str, str] = {}
         self._secrets = _Secrets(token, token.strip())
         self._client = WebClient(
             token=token,
@@ -261,21 +253,47 @@ class TokenNotifier:
 
     def send(self, payload: dict[str, Any], thread_ts: str | None = None) -> Delivery:
         """chat.postMessage, as a reply in `thread_ts` if given. Raises TransportError."""
-        try:
-            response = self._client.chat_postMessage(
+        return self._call(
+            lambda: self._client.chat_postMessage(
                 channel=self.channel,
                 text=payload.get("text"),
                 blocks=payload.get("blocks"),
                 thread_ts=thread_ts,
             )
+        )
+
+    def update(self, payload: dict[str, Any], ts: str) -> Delivery:
+        """chat.update of the message `ts` in the channel. Raises TransportError."""
+        return self._call(
+            lambda: self._client.chat_update(
+                channel=self._channel_id.get(ts, self.channel),
+                ts=ts,
+                text=payload.get("text"),
+                blocks=payload.get("blocks"),
+            )
+        )
+
+    def _call(self, request: Callable[[], SlackResponse]) -> Delivery:
+        try:
+            response = request()
         except SlackApiError as exc:
             answer = exc.response
             data = answer.data if isinstance(answer.data, dict) else {}
             error = str(data.get("error") or "")
+            if error.startswith(_NOT_JSON):
+                # A proxy or an outage page answering for Slack: nothing was posted, try again later.
+                raise TransportError(
+                    f"Slack could not take the message now: HTTP {answer.status_code}, "
+                    "the answer was not JSON",
+                    permanent=False,
+                    retry_after=_retry_after(answer.headers),
+                ) from None
             raise _refusal(answer.status_code, error, answer.headers, self._secrets) from None
         except Exception as exc:
             raise _wrap(exc, self._secrets) from None
-        ts = response.get("ts")
+        ts, channel = response.get("ts"), response.get("channel")
+        if isinstance(ts, str) and isinstance(channel, str):
+            self._channel_id[ts] = channel  # chat.update wants the channel id, not its name
         return Delivery(ts=ts if isinstance(ts, str) else None)
 
     def describe(self) -> str:
@@ -287,8 +305,12 @@ class TokenNotifier:
 
 class NullNotifier:
     configured: bool = False
+    can_edit: bool = False
 
     def send(self, payload: dict[str, Any], thread_ts: str | None = None) -> Delivery:
+        raise TransportError("Slack is not configured", permanent=True)
+
+    def update(self, payload: dict[str, Any], ts: str) -> Delivery:
         raise TransportError("Slack is not configured", permanent=True)
 
     def describe(self) -> str:

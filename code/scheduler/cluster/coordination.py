@@ -151,6 +151,7 @@ class Coordinator:
             if not self.store.cluster.heartbeat(self.owner.instance, now, expires):
                 log.warning("peers declared this instance dead (heartbeat lapsed); rejoining")
                 self.store.cluster.revive(self.owner.instance, now, expires)
+            self.health.heartbeat_written()
             self._renew(expires)
             term = (
                 None
@@ -207,8 +208,6 @@ class Coordinator:
         if self._last_retention is None or now - self._last_retention >= RETENTION_EVERY:
             self._last_retention = now
             done.append(self._retention(now))
-        if check_jobs:
-            done.append(self._report_orphans(now))
         for name, chore in self.chores:
             if not self.holds_lease():
                 return "lease expired during chores; stopped"

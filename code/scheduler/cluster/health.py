@@ -38,6 +38,8 @@ class Health:
         self.recovered_at: float | None = None
         self.loop_mono = clock.monotonic()
         self._on_recovered: list[Callable[[], None]] = []
+        self._caught_up = threading.Event()
+        self._beat_mono: float | None = None
 
     def when_recovered(self, callback: Callable[[], None]) -> None:
         """Call `callback` each time the database answers again, to end backoffs early."""
@@ -63,6 +65,25 @@ class Health:
 
     def loop_alive(self) -> None:
         self.loop_mono = self.clock.monotonic()
+
+    def mark_caught_up(self) -> None:
+        """The dispatcher decided the slots missed while the daemon was down (start-up catch-up)."""
+        if not self._caught_up.is_set():
+            self._caught_up.set()
+            log.info("start-up catch-up decided the missed slots")
+
+    @property
+    def caught_up(self) -> bool:
+        return self._caught_up.is_set()
+
+    def heartbeat_written(self) -> None:
+        """This instance's heartbeat row was just renewed."""
+        self._beat_mono = self.clock.monotonic()
+
+    def heartbeat_age(self) -> float | None:
+        """Seconds since this instance last renewed its heartbeat row; None if it never did."""
+        beat = self._beat_mono
+        return None if beat is None else self.clock.monotonic() - beat
 
     @property
     def database_up(self) -> bool:

@@ -2,7 +2,8 @@
 
 This is the one place that knows which part feeds which: the runner writes ends
 through the recorder, the coordinator renews the leases of what the runner and
-the recorder still answer for, the watchdog runs as a leader chore. Tests build
+the recorder still answer for, the watchdog checks jobs while this instance holds
+the leader lease (in its own thread). Tests build
 a Service here, or pass their own parts to `Service`.
 """
 
@@ -92,9 +93,10 @@ def build_service(settings: Settings, clock: Clock | None = None) -> Service:
     )
     dispatcher = build_dispatcher(settings, store, clock, runner, owner, health, recorder.pending_runs)
     coordinator = Coordinator(store, clock, settings, owner, health, answering_for)
-    # Job checks run on the leader only; the loop (scheduler checks, outbox) on every instance.
-    watchdog = Watchdog(store, clock, settings, health, worker=owner.instance)
-    coordinator.chores.append(("watchdog", watchdog.chore))
+    # Its own thread on every instance; job checks on the leader only.
+    watchdog = Watchdog(
+        store, clock, settings, health, worker=owner.instance, leading=coordinator.holds_lease
+    )
     # The metrics read the runs that ended from the runner (runner.drain_ended): nothing calls up.
     metrics = Metrics(
         store,

@@ -210,6 +210,8 @@ class Dispatcher:
                 continue
             got, failed = self._tick_chunk(chunk, now)
             won += got
+        if not failed and not deferred:
+            self.health.mark_caught_up()  # the first decided tick after start-up did the catch-up
         return won
 
     def _tick_chunk(self, chunk: list[JobState], now: datetime) -> tuple[list[Claimed], bool]:

@@ -376,8 +376,9 @@ def cmd_set(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_notify_test(settings: Settings, args: argparse.Namespace) -> int:
     from scheduler.operator import queries
+    from scheduler.operator.alerts import send_test  # slack_sdk only for this command
 
-    result = queries.watchdog_function("send_test")(settings)
+    result = send_test(settings)
     if args.json:
         _print_json({"sent": True, "result": queries.plain(result)})
     else:

@@ -238,7 +238,7 @@ class StateCollector(Collector):
     def _alerts(self) -> Iterator[Metric]:
         incidents = GaugeMetricFamily("scheduler_incidents_open", "Open incidents, by kind.", labels=["kind"])
         kinds: dict[str, int] = {}
-        for incident in self.store.alerts.open_incidents():
+        for incident in self.store.incidents.open_incidents():
             kinds[incident.kind] = kinds.get(incident.kind, 0) + 1
         for kind, n in sorted(kinds.items()):
             incidents.add_metric([kind], n)

@@ -13,13 +13,12 @@ last resumed or rescheduled).
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import asdict, is_dataclass
 from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from scheduler.errors import JobDefinitionError, RefusedError
+from scheduler.errors import JobDefinitionError
 from scheduler.jobs import effective
 from scheduler.store import RUN_STATUSES, AuditEntry, InstanceRow, JobRow, RunRow, Store
 from scheduler.store.cluster import LEADER
@@ -191,28 +190,10 @@ def list_audit(store: Store, job: str | None = None, limit: int = 50) -> list[di
 
 
 def list_alerts(store: Store, open_only: bool = True, limit: int = 50) -> list[dict[str, Any]]:
-    """Incidents the watchdog raised, newest first, read from the store (the CLI's `alerts`
-    does not load the watchdog or Slack's client)."""
+    """Incidents raised by the watchdog, newest first."""
     if not 1 <= limit <= MAX_LIMIT:
         raise JobDefinitionError(f"limit must be 1-{MAX_LIMIT}, got {limit}")
-    return [plain(i) for i in store.alerts.incidents(open_only, limit)]
-
-
-def watchdog_function(name: str) -> Any:
-    """A function of the watchdog module, imported late: the CLI and API work without it.
-
-    Raises RefusedError if this build has no watchdog or it lacks `name`.
-    """
-    try:
-        watchdog = importlib.import_module("scheduler.alerting.watchdog")
-    except ModuleNotFoundError as exc:
-        if exc.name != "scheduler.alerting.watchdog":
-            raise
-        raise RefusedError("the watchdog (alerts, notifications) is not part of this build") from None
-    function = getattr(watchdog, name, None)
-    if function is None:
-        raise RefusedError(f"this build's watchdog has no {name}(): alerts are not available yet")
-    return function
+    return [plain(i) for i in store.incidents.incidents(open_only, limit)]
 
 
 def plain(value: Any) -> Any:

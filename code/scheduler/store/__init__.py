@@ -1,16 +1,18 @@
 """The database: the only package that imports SQLAlchemy.
 
 `Store` bundles one `Database` (engine, transactions, migrations) with the
-repositories that hold every query: jobs, runs, cluster, alerts.
+repositories that hold every query: jobs, runs, cluster, incidents, outbox, run facts.
 """
 
 from __future__ import annotations
 
-from scheduler.store.alerts import AlertRepository
 from scheduler.store.cluster import ClusterRepository, InstanceRow, LeaseRow
 from scheduler.store.db import Database
 from scheduler.store.history import RunBrief, RunRow
+from scheduler.store.incidents import IncidentRepository
 from scheduler.store.jobs import AuditEntry, JobRepository, JobRow
+from scheduler.store.outbox import OutboxRepository
+from scheduler.store.runfacts import RunFactsRepository
 from scheduler.store.runs import Claim, Claimed, Outcome, Owner, RunRepository
 from scheduler.store.schema import FINAL_STATUSES, RUN_STATUSES
 
@@ -39,7 +41,9 @@ class Store:
         self.jobs = JobRepository(self.db)
         self.runs = RunRepository(self.db)
         self.cluster = ClusterRepository(self.db)
-        self.alerts = AlertRepository(self.db)
+        self.incidents = IncidentRepository(self.db)
+        self.outbox = OutboxRepository(self.db)
+        self.runfacts = RunFactsRepository(self.db)
 
     @property
     def safe_url(self) -> str:
