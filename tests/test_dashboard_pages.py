@@ -39,7 +39,7 @@ def listed(html: str) -> list[tuple[str, str]]:
 def finish(store: Store, job: str, slot_ago: timedelta, status: str, clock: FakeClock) -> int:
     slot = clock.now() - slot_ago
     claimed = store.runs.claim([Claim(job, slot)], OWNER, slot, slot + timedelta(minutes=1))[0]
-    if status == "running":  # the runner records a start (a claim no longer sets it)
+    if status == "running":  # begun, as the recorder writes it for a run still executing
         store.runs.mark_started([(claimed.run_id, claimed.fence, slot)])
     else:
         ended = slot + timedelta(seconds=2)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import http.client
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -166,9 +167,19 @@ def _read(path: Path) -> str:
         return ""
 
 
-def _environ(pid: int) -> dict[str, str]:
-    raw = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-    return dict(item.decode().split("=", 1) for item in raw if b"=" in item)
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _trigger(port: int, job: str, token: str) -> int:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("POST", f"/api/jobs/{job}/trigger", headers={"Authorization": f"Bearer {token}"})
+        return conn.getresponse().status
+    finally:
+        conn.close()
 
 
 def _rows(db_url: str, sql: str) -> list[dict[str, Any]]:
@@ -208,6 +219,7 @@ def test_supervisorctl_start_stop_restart_drive_the_daemon(
     _write_job(jobs, "slow", SLOW)
     db_url = f"sqlite:///{tmp_path / 'scheduler.db'}"
     token = 'tok,"en%'
+    port = _free_port()
     variables = template_variables(
         tmp_path,
         scheduler_database_url=db_url,
@@ -216,6 +228,8 @@ def test_supervisorctl_start_stop_restart_drive_the_daemon(
         scheduler_startsecs=1,
         scheduler_grace_period_seconds=5,
         scheduler_api_token=token,
+        scheduler_http_enabled=True,
+        scheduler_http_port=port,
         scheduler_extra_env=FAST_COORDINATION,
     )
     (tmp_path / "logs").mkdir()
@@ -234,9 +248,11 @@ def test_supervisorctl_start_stop_restart_drive_the_daemon(
     first = sv.info("scheduler")
     assert first["statename"] == "RUNNING"
     wait_until(lambda: _pid_line(pidfile) == str(first["pid"]), 20)  # RUNNING (startsecs) may come first
-    env = _environ(first["pid"])
-    assert env["SCHEDULER_JOBS_PATH"] == str(jobs) and env["SCHEDULER_API_TOKEN"] == token
+    # The environment reached the daemon unchanged (its process title overwrites /proc/PID/environ):
+    # the jobs of that folder run, and its API takes exactly that token.
     wait_until(lambda: len(runs(f"job = 'tick' AND status = 'succeeded' AND pid = {first['pid']}")) >= 2, 20)
+    assert _trigger(port, "tick", token + "x") == 401
+    assert _trigger(port, "tick", token) == 202
 
     # SIGHUP through supervisorctl: a job module added since the start is loaded, without a restart.
     _write_job(jobs, "added", TICK.replace('name="tick"', 'name="added"'), OUT=str(tmp_path / "added.txt"))
