@@ -120,7 +120,15 @@ def build_service(settings: Settings, clock: Clock | None = None) -> Service:
     )
 
     def bind_http() -> HttpServer:
-        app = Api(store, health, clock, settings.api_token, metrics, live_log=runner.live_log)
+        app = Api(
+            store,
+            health,
+            clock,
+            settings.api_token,
+            metrics,
+            live_log=runner.live_log,
+            default_isolation=settings.default_isolation,
+        )
         return HttpServer(app, settings.http_host, settings.http_port)
 
     parts = Parts(
