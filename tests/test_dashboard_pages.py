@@ -138,6 +138,32 @@ def test_a_job_page_has_its_slots_runs_chart_incidents_audit_and_buttons(
     assert status == 404 and b"no job named 'nope'" in body
 
 
+def isolation_badges(html: str) -> list[str]:
+    """The jobs whose row (or page heading) carries the "process" isolation badge."""
+    rows = re.findall(r'<tr data-job="([^"]+)"(.*?)</tr>', html, re.S)
+    return [name for name, row in rows if 'class="badge info isolation"' in row]
+
+
+def test_the_jobs_list_and_job_page_mark_the_jobs_whose_runs_go_to_a_child_process(
+    store: Store, clock: FakeClock
+) -> None:
+    every = timedelta(minutes=10)
+    specs = [
+        make_spec(work, name="p.own", interval=every, isolation="process"),
+        make_spec(work, name="t.own", interval=every, isolation="thread"),
+        make_spec(work, name="u.default", interval=every),
+    ]
+    store.jobs.sync(specs, clock.now())
+    threads = Api(store, Health(clock), clock)
+    assert isolation_badges(page(threads, "/")) == ["p.own"]
+    processes = Api(store, Health(clock), clock, default_isolation="process")
+    assert isolation_badges(page(processes, "/")) == ["p.own", "u.default"]
+    assert 'class="badge info isolation"' in page(threads, "/jobs/p.own")
+    assert 'class="badge info isolation"' not in page(threads, "/jobs/u.default")
+    assert 'class="badge info isolation"' in page(processes, "/jobs/u.default")
+    assert 'class="badge info isolation"' not in page(processes, "/jobs/t.own")
+
+
 def test_a_running_run_page_shows_elapsed_time_and_the_live_log_tail(
     app: Api, store: Store, clock: FakeClock
 ) -> None:

@@ -164,7 +164,15 @@ def http_binder(
     """Binds the API, dashboard and metrics server on the configured address when called."""
 
     def bind_http() -> HttpServer:
-        app = Api(store, health, clock, settings.api_token, metrics, live_log=live_log)
+        app = Api(
+            store,
+            health,
+            clock,
+            settings.api_token,
+            metrics,
+            live_log=live_log,
+            default_isolation=settings.default_isolation,
+        )
         return HttpServer(app, settings.http_host, settings.http_port)
 
     return bind_http

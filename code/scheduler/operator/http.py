@@ -59,8 +59,10 @@ class Api:
         api_token: str = "",
         metrics: Metrics | None = None,
         live_log: Callable[[int], str | None] = lambda _run_id: None,
+        default_isolation: str = "thread",
     ) -> None:
         self.store = store
+        self.default_isolation = default_isolation  # a job's isolation when its definition names none
         self.live_log = live_log  # a running run's log so far, if it runs in this process
         self.catalog = JobCatalog(store, clock)  # the jobs list's rows, kept between pages
         self.health = health
@@ -263,7 +265,9 @@ class Api:
         )
         try:
             report = self.health.report()
-            html = site.front_page(self.store, self.catalog, report, now, wanted, bool(self._token))
+            html = site.front_page(
+                self.store, self.catalog, report, now, wanted, bool(self._token), self.default_isolation
+            )
         except StoreUnavailable as exc:
             return _html(dashboard.render_unavailable(str(exc), now), 503)
         return _html(html)
@@ -271,7 +275,9 @@ class Api:
     def job_page(self, request: Request) -> Response:
         now = self.now()
         try:
-            html = site.job_page(self.store, request.params["name"], now, bool(self._token))
+            html = site.job_page(
+                self.store, request.params["name"], now, bool(self._token), self.default_isolation
+            )
         except StoreUnavailable as exc:
             return _html(dashboard.render_unavailable(str(exc), now), 503)
         return _html(html)

@@ -119,11 +119,17 @@ def _job_row(line: JobLine, now: datetime, writable: bool) -> str:
         f'<tr data-job="{name}" data-state="{line.state}">'
         f'<td class="name" data-label="Job"><a href="{job_href(line.name)}">{name}</a></td>'
         f'<td data-label="Schedule">{escape(line.schedule)}</td>'
-        f'<td data-label="State">{state_badge(line.state)}</td>'
+        f'<td data-label="State">{state_badge(line.state)}{isolation_badge(line.isolated)}</td>'
         f'<td data-label="Recent runs">{strip(line.strip, size="mini")}</td>'
         f'<td data-label="Next run">{_next(line, now)}</td><td data-label="Last run">{last_cell}</td>'
         f'<td class="actions">{action_buttons(line.name, line.paused, line.enabled, writable)}</td></tr>'
     )
+
+
+def isolation_badge(isolated: bool) -> str:
+    """A "process" badge for a job whose runs go to a child process; nothing for a thread job."""
+    title = "its runs go to a child process (isolation=process)"
+    return f' <span class="badge info isolation" title="{title}">process</span>' if isolated else ""
 
 
 def action_buttons(name: str, paused: bool, enabled: bool, writable: bool) -> str:

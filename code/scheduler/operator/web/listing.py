@@ -66,6 +66,7 @@ class JobLine:
     zone: str
     last: RunBrief | None
     strip: tuple[RunBrief, ...] = ()
+    isolated: bool = False  # its runs go to a child process (isolation="process")
 
 
 @dataclass(frozen=True)
@@ -92,6 +93,11 @@ def job_state(row: JobRow, last: RunBrief | None, next_at: datetime | None, now:
     return "active"
 
 
+def isolated(row: JobRow, default_isolation: str) -> bool:
+    """True if the job's runs go to a child process: its stored `isolation`, else the default."""
+    return (row.definition.get("isolation") or default_isolation) == "process"
+
+
 def _grace(row: JobRow) -> timedelta:
     seconds = row.definition.get("grace_seconds")
     return timedelta(seconds=float(seconds)) if seconds else DEFAULT_GRACE
@@ -104,7 +110,12 @@ def skipping(strip: tuple[RunBrief, ...] | list[RunBrief]) -> bool:
 
 
 def build(
-    store: Store, now: datetime, wanted: Filter, rows: list[JobRow] | None = None, page_size: int = PAGE_SIZE
+    store: Store,
+    now: datetime,
+    wanted: Filter,
+    rows: list[JobRow] | None = None,
+    page_size: int = PAGE_SIZE,
+    default_isolation: str = "thread",
 ) -> Listing:
     """The page of jobs `wanted` asks for, with their strips; `rows` are every job's row (read
     here if not given). Raises StoreUnavailable."""
@@ -125,6 +136,7 @@ def build(
                 next_at,
                 effective.zone_of(row),
                 last,
+                isolated=isolated(row, default_isolation),
             )
         )
     lines = _mark_skipping(store, lines)

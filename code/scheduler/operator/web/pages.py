@@ -15,7 +15,7 @@ from html import escape
 from typing import Any
 
 from scheduler.humanize import duration
-from scheduler.operator.web.dashboard import action_buttons, alerts_list, token_bar
+from scheduler.operator.web.dashboard import action_buttons, alerts_list, isolation_badge, token_bar
 from scheduler.operator.web.html import (
     badge,
     duration_chart,
@@ -37,6 +37,7 @@ def render_job(
     *,
     job: dict[str, Any],
     state: str,
+    isolated: bool,
     runs: list[RunBrief],
     slots: list[dict[str, Any]],
     incidents: list[dict[str, Any]],
@@ -47,6 +48,7 @@ def render_job(
     name = job["name"]
     head = (
         f'<div class="jobhead"><h2 class="jobname">{escape(name)}</h2> {state_badge(state)}'
+        f"{isolation_badge(isolated)}"
         f'<span class="actions">{action_buttons(name, job["paused"], job["enabled"], writable)}</span></div>'
     )
     live = "".join(

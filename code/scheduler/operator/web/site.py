@@ -21,10 +21,11 @@ def front_page(
     now: datetime,
     wanted: listing.Filter,
     writable: bool,
+    default_isolation: str = "thread",
 ) -> str:
     """Raises StoreUnavailable."""
     return dashboard.render_page(
-        listing=listing.build(store, now, wanted, catalog.rows()),
+        listing=listing.build(store, now, wanted, catalog.rows(), default_isolation=default_isolation),
         runs=views.list_runs(store, limit=25),
         instances=views.list_instances(store, now, limit=10),
         alerts=views.list_alerts(store, True, 20),
@@ -34,17 +35,21 @@ def front_page(
     )
 
 
-def job_page(store: Store, name: str, now: datetime, writable: bool) -> str:
+def job_page(
+    store: Store, name: str, now: datetime, writable: bool, default_isolation: str = "thread"
+) -> str:
     """Raises NotFoundError, StoreUnavailable."""
     job = views.show_job(store, name, now, recent=1)
     runs = store.runs.recent_per_job([name], JOB_PAGE_RUNS)[name]
-    state = listing.job_state(store.jobs.get(name), runs[0] if runs else None, _next_at(job), now)
+    row = store.jobs.get(name)
+    state = listing.job_state(row, runs[0] if runs else None, _next_at(job), now)
     if state == "active" and listing.skipping(runs):
         state = "skipping"
     incidents = [i for i in views.list_alerts(store, False, 500) if i.get("subject") == name]
     return pages.render_job(
         job=job,
         state=state,
+        isolated=listing.isolated(row, default_isolation),
         runs=runs,
         slots=[] if job["paused"] or not job["enabled"] else views.next_slots(store, name, now, 5)["slots"],
         incidents=incidents[:20],
