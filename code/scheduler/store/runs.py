@@ -25,6 +25,7 @@ from scheduler.store.schema import jobs, runs
 ACTIVE = ("running", "queued")
 FINAL = ("succeeded", "failed", "timed_out", "skipped", "missed", "abandoned")
 _CHUNK = 500
+DIED_WHILE_RUNNING = "died while running it"  # ends the error text of a run its daemon died under
 
 
 @dataclass(frozen=True)
@@ -431,7 +432,7 @@ class RunRepository(RunReads):
         reaped: list[RunRow] = []
         for owner, pid in rows:
             if owner and pid is not None and not is_alive(pid):
-                reason = f"process {pid} on {host} died while running it"
+                reason = f"process {pid} on {host} {DIED_WHILE_RUNNING}"
                 reaped += self.reap(now, owner=owner, reason=reason)
         return reaped
 
