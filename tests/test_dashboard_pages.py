@@ -39,8 +39,9 @@ def listed(html: str) -> list[tuple[str, str]]:
 def finish(store: Store, job: str, slot_ago: timedelta, status: str, clock: FakeClock) -> int:
     slot = clock.now() - slot_ago
     claimed = store.runs.claim([Claim(job, slot)], OWNER, slot, slot + timedelta(minutes=1))[0]
-    store.runs.mark_started([(claimed.run_id, claimed.fence, slot)])  # a claim does not set started_at
-    if status != "running":
+    if status == "running":  # begun, as the recorder writes it for a run still executing
+        store.runs.mark_started([(claimed.run_id, claimed.fence, slot)])
+    else:
         ended = slot + timedelta(seconds=2)
         store.runs.finish([Outcome(claimed.run_id, claimed.fence, status, ended, started_at=slot)])
     return claimed.run_id
