@@ -113,6 +113,7 @@ def test_open_payload_shows_kind_job_problem_since_host_error_and_action() -> No
         ("skipping", "Job skipping its slots", "Job"),
         ("late", "Jobs late", "Scope"),
         ("overloaded", "Instance overloaded", "Scope"),
+        ("crashed", "Daemon crashed", "Scope"),
         ("instance", "Scheduler instance", "Scope"),
         ("database", "Database problem", "Scope"),
         ("test", "Test notification", "Scope"),

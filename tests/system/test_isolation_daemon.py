@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from scheduler.store import Store
 
 from tests.support.sandbox import Sandbox, process_gone, wait_until
 
@@ -141,3 +142,11 @@ def test_os_exit_in_a_thread_run_kills_the_daemon_and_the_next_start_names_the_r
         f"the previous daemon (pid {first.pid}) died while run {in_flight.id} of exits.exits"
     )
     assert sandbox.runs("exits.exits")[0].status == "abandoned"
+    # The watchdog reports the crash: one `crashed` incident for the host (no Slack here: recorded, logged).
+    second.wait_for_output("incident opened: crashed ", timeout=60)
+    store = Store(sandbox.db_url)
+    try:
+        [crashed] = store.incidents.open_incidents(("crashed",))
+    finally:
+        store.dispose()
+    assert f"(pid {first.pid}) died while run {in_flight.id} of exits.exits was in flight" in crashed.summary

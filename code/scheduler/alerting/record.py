@@ -25,11 +25,12 @@ KINDS = (
     "paused",
     "instance",
     "overloaded",
+    "crashed",
     "database",
     "test",
 )
 # Incidents about the scheduler itself, not one job.
-SCHEDULER_WIDE = frozenset({"late", "instance", "overloaded", "database", "test"})
+SCHEDULER_WIDE = frozenset({"late", "instance", "overloaded", "crashed", "database", "test"})
 
 
 @dataclass(frozen=True)

@@ -42,6 +42,7 @@ _TITLES = {
     "paused": "Job paused by the crash-loop guard",
     "instance": "Scheduler instance",
     "overloaded": "Instance overloaded",
+    "crashed": "Daemon crashed",
     "database": "Database problem",
     "test": "Test notification",
 }

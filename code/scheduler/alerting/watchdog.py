@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from scheduler.alerting.crashes import crashed
 from scheduler.alerting.facts import JobRows, RunFacts
 from scheduler.alerting.findings import (
     MAX_STREAK,
@@ -65,10 +66,12 @@ JOB_KINDS = (
     "overrunning",
     "broken",
     "overloaded",
+    "crashed",
     "paused",
 )
 LOOP_WAIT = 1.0
 OVERLOAD_WINDOW = timedelta(minutes=5)  # an instance stays "overloaded" this long after its last lost slot
+CRASH_WINDOW = timedelta(minutes=15)  # a host stays "crashed" this long after a daemon death was found
 TEXT_UPDATED_AT = "text_updated_at"  # in an incident's details: when its text was last replaced
 # Job checks wait for the start-up catch-up at most this long (a dispatcher that keeps deferring
 # slots to its peers must not keep the watchdog quiet for ever).
@@ -174,7 +177,7 @@ class Watchdog:
     # -- checks -----------------------------------------------------------------
 
     def check_jobs(self, now: datetime) -> str:
-        """Delayed, inactive, failing, skipping, overrunning, broken jobs; overloaded instances.
+        """Delayed, inactive, failing, skipping, overrunning, broken jobs; overloaded, crashed instances.
 
         Raises StoreUnavailable.
         """
@@ -190,6 +193,7 @@ class Watchdog:
         snap = Snapshot(now, rows, activity, alive, self.settings.skip_alert_after, self.memo)
         found = detect_jobs(snap)
         found += overloaded(self.store.runfacts.overloads(now - OVERLOAD_WINDOW), OVERLOAD_WINDOW)
+        found += crashed(self.store.runfacts.crashes(now - CRASH_WINDOW), CRASH_WINDOW)
         current = self.store.incidents.open_incidents(JOB_KINDS)
         found = group_late(found, {i.key for i in current}, self.settings.alert_group_after)
         update_every = self.settings.alert_update_every

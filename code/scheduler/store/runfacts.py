@@ -18,6 +18,7 @@ import sqlalchemy as sa
 
 from scheduler.store.db import Database
 from scheduler.store.history import RunRow
+from scheduler.store.runs import DIED_WHILE_RUNNING
 from scheduler.store.schema import as_utc, runs
 
 OUTCOMES = ("succeeded", "failed", "timed_out")  # what counts toward a failure streak
@@ -47,6 +48,18 @@ class Overload:
     count: int
     latest: datetime
     error: str
+
+
+@dataclass(frozen=True)
+class Crash:
+    """A run abandoned at a daemon's start because the daemon before it died while running it."""
+
+    host: str
+    pid: int | None  # the daemon that died
+    run_id: int
+    job: str
+    scheduled_for: datetime
+    abandoned_at: datetime  # when the next daemon found it
 
 
 class RunFactsRepository:
@@ -134,6 +147,25 @@ class RunFactsRepository:
         with self.db.read() as conn:
             return [
                 Overload(r.host or "?", int(r.lost), as_utc(r.latest), str(r.error))
+                for r in conn.execute(query)
+            ]
+
+    def crashes(self, since: datetime) -> list[Crash]:
+        """The runs marked abandoned since `since` because their daemon died, newest first."""
+        query = (
+            sa.select(
+                runs.c.host, runs.c.pid, runs.c.id, runs.c.job, runs.c.scheduled_for, runs.c.finished_at
+            )
+            .where(
+                runs.c.status == "abandoned",
+                runs.c.finished_at >= since,
+                runs.c.error_message.like(f"% {DIED_WHILE_RUNNING}"),
+            )
+            .order_by(runs.c.finished_at.desc(), runs.c.id.desc())
+        )
+        with self.db.read() as conn:
+            return [
+                Crash(r.host or "?", r.pid, r.id, r.job, as_utc(r.scheduled_for), as_utc(r.finished_at))
                 for r in conn.execute(query)
             ]
 

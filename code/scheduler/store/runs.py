@@ -24,6 +24,7 @@ from scheduler.store.schema import FINAL_STATUSES as FINAL
 from scheduler.store.schema import jobs, runs
 
 _CHUNK = 500
+DIED_WHILE_RUNNING = "died while running it"  # ends the error text of a run its daemon died under
 
 
 @dataclass(frozen=True)
@@ -430,7 +431,7 @@ class RunRepository(RunReads):
         reaped: list[RunRow] = []
         for owner, pid in rows:
             if owner and pid is not None and not is_alive(pid):
-                reason = f"process {pid} on {host} died while running it"
+                reason = f"process {pid} on {host} {DIED_WHILE_RUNNING}"
                 reaped += self.reap(now, owner=owner, reason=reason)
         return reaped
 
