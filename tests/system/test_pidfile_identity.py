@@ -16,23 +16,6 @@ from tests.support.sandbox import Sandbox, process_gone, wait_until
 
 pytestmark = pytest.mark.system
 
-TICK = """
-from datetime import timedelta
-from scheduler import job
-
-@job(interval=timedelta(seconds=1))
-def tick():
-    pass
-"""
-
-
-@pytest.fixture
-def sandbox(tmp_path: Path) -> Iterator[Sandbox]:
-    box = Sandbox(tmp_path)
-    box.write_job("tick", TICK)
-    yield box
-    box.close()
-
 
 @pytest.fixture
 def stranger() -> Iterator[subprocess.Popen[bytes]]:

@@ -7,7 +7,6 @@ import signal
 import socket
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,23 +16,6 @@ from scheduler.store import Store
 from tests.support.sandbox import Sandbox, wait_until
 
 pytestmark = pytest.mark.system
-
-TICK = """
-from datetime import timedelta
-from scheduler import job
-
-@job(interval=timedelta(seconds=1))
-def tick():
-    pass
-"""
-
-
-@pytest.fixture
-def sandbox(tmp_path: Path) -> Iterator[Sandbox]:
-    box = Sandbox(tmp_path)
-    box.write_job("tick", TICK)
-    yield box
-    box.close()
 
 
 def free_port() -> int:
