@@ -6,6 +6,7 @@ repositories that hold every query: jobs, runs, cluster, incidents, outbox, run 
 
 from __future__ import annotations
 
+from scheduler.store.claims import Claim, Claimed, Owner
 from scheduler.store.cluster import ClusterRepository, InstanceRow, LeaseRow
 from scheduler.store.db import Database
 from scheduler.store.history import RunBrief, RunRow
@@ -13,7 +14,7 @@ from scheduler.store.incidents import IncidentRepository
 from scheduler.store.jobs import AuditEntry, JobRepository, JobRow
 from scheduler.store.outbox import OutboxRepository
 from scheduler.store.runfacts import RunFactsRepository
-from scheduler.store.runs import Claim, Claimed, Outcome, Owner, RunRepository
+from scheduler.store.runs import Outcome, RunRepository
 from scheduler.store.schema import FINAL_STATUSES, RUN_STATUSES
 
 __all__ = [
