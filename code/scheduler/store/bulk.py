@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
-from scheduler.store.schema import runs
+from scheduler.store.schema import fenced, runs
 
 if TYPE_CHECKING:
     from scheduler.store.runs import Outcome
@@ -149,11 +149,7 @@ def ranges(ids: Sequence[int]) -> list[tuple[int, int]]:
 # A missing started_at (the run never began) keeps the claim's.
 FINISH = (
     runs.update()
-    .where(
-        runs.c.id == sa.bindparam("o_id"),
-        runs.c.fence == sa.bindparam("o_fence"),
-        runs.c.status == "running",
-    )
+    .where(fenced(sa.bindparam("o_id"), sa.bindparam("o_fence")))
     .values(
         status=sa.bindparam("o_status"),
         started_at=sa.func.coalesce(
@@ -199,7 +195,7 @@ def finish_many(chunk: Sequence[Outcome]) -> Any:
     c = {n: sa.cast(v.c[n], col.type) for n, col in zip(names, columns, strict=True)}
     return (
         runs.update()
-        .where(runs.c.id == c["o_id"], runs.c.fence == c["o_fence"], runs.c.status == "running")
+        .where(fenced(c["o_id"], c["o_fence"]))
         .values(
             status=c["o_status"],
             started_at=sa.func.coalesce(c["o_started_at"], runs.c.started_at),

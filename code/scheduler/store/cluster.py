@@ -9,7 +9,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from scheduler.store.db import Database, upsert_insert
-from scheduler.store.schema import instances, leases
+from scheduler.store.schema import fields_of, instances, leases
 
 LEADER = "leader"
 
@@ -47,8 +47,7 @@ class InstanceRow:
 
     @classmethod
     def from_row(cls, row: sa.Row[Any]) -> InstanceRow:
-        m = row._mapping
-        return cls(**{name: m[name] for name in cls.__dataclass_fields__})
+        return cls(**fields_of(row, cls))
 
 
 @dataclass(frozen=True)

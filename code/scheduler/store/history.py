@@ -11,11 +11,24 @@ import sqlalchemy as sa
 
 from scheduler.errors import NotFoundError
 from scheduler.store.db import Database
-from scheduler.store.schema import as_utc, runs
+from scheduler.store.schema import as_utc, fields_of, runs
+
+
+class _Timed:
+    """The duration of a run that has started and ended, for RunRow and RunBrief."""
+
+    started_at: datetime | None
+    finished_at: datetime | None
+
+    @property
+    def duration_seconds(self) -> float | None:
+        if self.started_at is None or self.finished_at is None:
+            return None
+        return (self.finished_at - self.started_at).total_seconds()
 
 
 @dataclass(frozen=True)
-class RunRow:
+class RunRow(_Timed):
     id: int
     job: str
     scheduled_for: datetime
@@ -36,12 +49,6 @@ class RunRow:
     lease_expires_at: datetime | None
 
     @property
-    def duration_seconds(self) -> float | None:
-        if self.started_at is None or self.finished_at is None:
-            return None
-        return (self.finished_at - self.started_at).total_seconds()
-
-    @property
     def lateness_seconds(self) -> float | None:
         if self.started_at is None or self.trigger == "manual":
             return None
@@ -49,12 +56,11 @@ class RunRow:
 
     @classmethod
     def from_row(cls, row: sa.Row[Any]) -> RunRow:
-        m = row._mapping
-        return cls(**{name: m[name] for name in cls.__dataclass_fields__})
+        return cls(**fields_of(row, cls))
 
 
 @dataclass(frozen=True)
-class RunBrief:
+class RunBrief(_Timed):
     """A run without its log and error text: what a status strip or a duration chart needs."""
 
     id: int
@@ -64,12 +70,6 @@ class RunBrief:
     status: str
     started_at: datetime | None
     finished_at: datetime | None
-
-    @property
-    def duration_seconds(self) -> float | None:
-        if self.started_at is None or self.finished_at is None:
-            return None
-        return (self.finished_at - self.started_at).total_seconds()
 
 
 _BRIEF = (

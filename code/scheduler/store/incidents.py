@@ -17,7 +17,7 @@ import sqlalchemy as sa
 
 from scheduler.store.db import Database, upsert_insert
 from scheduler.store.outbox import insert_notice
-from scheduler.store.schema import incidents
+from scheduler.store.schema import fields_of, incidents
 
 Payload = dict[str, Any] | None  # None: Slack is not configured, queue nothing
 
@@ -40,8 +40,7 @@ class IncidentRow:
 
     @classmethod
     def from_row(cls, row: sa.Row[Any]) -> IncidentRow:
-        m = row._mapping
-        values = {name: m[name] for name in cls.__dataclass_fields__}
+        values = fields_of(row, cls)
         values["details"] = dict(values["details"] or {})
         return cls(**values)
 
@@ -92,12 +91,7 @@ class IncidentRepository:
         queued. Nothing is queued either if nobody was told it opened.
         """
         with self.db.write() as conn:
-            row = conn.execute(
-                incidents.update()
-                .where(incidents.c.id == incident_id, incidents.c.closed_at.is_(None))
-                .values(closed_at=now)
-                .returning(*incidents.c)
-            ).first()
+            row = _update_open(conn, incident_id, closed_at=now)
             if row is None:
                 return None
             incident = IncidentRow.from_row(row)
@@ -111,16 +105,9 @@ class IncidentRepository:
         False if not due, or another process reminded first.
         """
         with self.db.write() as conn:
-            row = conn.execute(
-                incidents.update()
-                .where(
-                    incidents.c.id == incident_id,
-                    incidents.c.closed_at.is_(None),
-                    incidents.c.last_notified_at <= due_before,
-                )
-                .values(last_notified_at=now)
-                .returning(incidents.c.id)
-            ).first()
+            row = _update_open(
+                conn, incident_id, incidents.c.last_notified_at <= due_before, last_notified_at=now
+            )
             if row is None:
                 return False
             if payload is not None:
@@ -142,16 +129,9 @@ class IncidentRepository:
         False if the incident closed or another process updated it first.
         """
         with self.db.write() as conn:
-            row = conn.execute(
-                incidents.update()
-                .where(
-                    incidents.c.id == incident_id,
-                    incidents.c.closed_at.is_(None),
-                    incidents.c.summary == expected_summary,
-                )
-                .values(summary=summary, details=details)
-                .returning(incidents.c.last_notified_at)
-            ).first()
+            row = _update_open(
+                conn, incident_id, incidents.c.summary == expected_summary, summary=summary, details=details
+            )
             if row is None:
                 return False
             if payload is not None and row.last_notified_at is not None:
@@ -215,3 +195,16 @@ class IncidentRepository:
             query = query.where(incidents.c.closed_at.is_(None))
         with self.db.read() as conn:
             return [IncidentRow.from_row(r) for r in conn.execute(query.limit(limit))]
+
+
+def _update_open(
+    conn: sa.Connection, incident_id: int, *conditions: sa.ColumnElement[bool], **values: Any
+) -> sa.Row[Any] | None:
+    """Write `values` on the incident while it is open (and `conditions` hold); the row as written,
+    or None when another process closed or changed it first."""
+    return conn.execute(
+        incidents.update()
+        .where(incidents.c.id == incident_id, incidents.c.closed_at.is_(None), *conditions)
+        .values(**values)
+        .returning(*incidents.c)
+    ).first()

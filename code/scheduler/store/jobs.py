@@ -11,7 +11,7 @@ import sqlalchemy as sa
 
 from scheduler.errors import NotFoundError
 from scheduler.store.db import Database, upsert_insert
-from scheduler.store.schema import audit, jobs
+from scheduler.store.schema import audit, fields_of, jobs
 
 # Overrides written by one instance are read by others through `changed_since`;
 # the overlap absorbs commits that land slightly out of timestamp order.
@@ -53,22 +53,8 @@ class JobRow:
 
     @classmethod
     def from_row(cls, row: sa.Row[Any]) -> JobRow:
-        m = row._mapping
-        return cls(
-            name=m["name"],
-            definition=dict(m["definition"]),
-            schedule_text=m["schedule"],
-            anchor_at=m["anchor_at"],
-            defined_at=m["defined_at"],
-            updated_at=m["updated_at"],
-            loaded_at=m["loaded_at"],
-            paused=bool(m["paused"]),
-            override_interval_seconds=m["override_interval_seconds"],
-            override_cron=m["override_cron"],
-            override_timezone=m["override_timezone"],
-            changed_by=m["changed_by"],
-            changed_at=m["changed_at"],
-        )
+        values = fields_of(row, cls, schedule_text="schedule")
+        return cls(**values | {"definition": dict(values["definition"]), "paused": bool(values["paused"])})
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,13 @@ def as_utc(at: datetime) -> datetime:
     return at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
 
 
+def fields_of(row: sa.Row[Any], cls: type[Any], **columns: str) -> dict[str, Any]:
+    """A row's values for the fields of the dataclass `cls`, each read from the column of its
+    name, or from the one given as field="column"."""
+    m = row._mapping
+    return {name: m[columns.get(name, name)] for name in cls.__dataclass_fields__}
+
+
 class UTCDateTime(sa.TypeDecorator[datetime]):
     """A tz-aware UTC datetime on every backend."""
 
@@ -92,6 +99,13 @@ runs = sa.Table(
     sa.Index("ix_runs_status", "status"),
     sa.Index("ix_runs_scheduled_for", "scheduled_for"),
 )
+
+
+def fenced(run_id: Any, fence: Any) -> sa.ColumnElement[bool]:
+    """What every write to a running run matches: its row, still at `fence` and running. An instance
+    whose lease was taken away (a reaper moved the fence on) matches nothing and writes nothing."""
+    return sa.and_(runs.c.id == run_id, runs.c.fence == fence, runs.c.status == "running")
+
 
 instances = sa.Table(
     "instances",
