@@ -45,7 +45,7 @@ from scheduler.alerting.findings import (
     span,
 )
 from scheduler.alerting.outbox import OutboxSender
-from scheduler.alerting.record import Finding
+from scheduler.alerting.record import KINDS, Finding
 from scheduler.alerting.slack import Notifier, build_payload, make_notifier
 from scheduler.alerting.spool import LocalOutbox, SpooledNotice
 from scheduler.clock import Clock
@@ -57,18 +57,9 @@ from scheduler.store.incidents import IncidentRow, Opening
 
 log = logging.getLogger(__name__)
 
-JOB_KINDS = (
-    "delayed",
-    "inactive",
-    "late",
-    "failing",
-    "skipping",
-    "overrunning",
-    "broken",
-    "overloaded",
-    "crashed",
-    "paused",
-)
+# The kinds check_jobs decides: every kind but those with a pass of their own (check_instances,
+# check_database) and the notify-test message, which is never an incident.
+JOB_KINDS = tuple(k for k in KINDS if k not in ("instance", "database", "test"))
 LOOP_WAIT = 1.0
 OVERLOAD_WINDOW = timedelta(minutes=5)  # an instance stays "overloaded" this long after its last lost slot
 CRASH_WINDOW = timedelta(minutes=15)  # a host stays "crashed" this long after a daemon death was found
