@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from scheduler.clock import SystemClock
 from scheduler.config import Settings
-from scheduler.errors import JobDefinitionError, RefusedError, StoreError
+from scheduler.errors import JobDefinitionError, StoreError
 from scheduler.operator import RUN_STATUSES
 
 if TYPE_CHECKING:
@@ -99,7 +99,8 @@ def _run_id(text: str) -> int:
 
 
 def _guarded(handler: Handler) -> Handler:
-    """Map invalid values to exit 2 and refusals to exit 1, each as one line naming the target."""
+    """Map invalid values to exit 2, as one line naming the target. Every other error (a refusal,
+    a missing job) ends the command as any command's does: one line, exit 1 (control._main)."""
 
     def run(settings: Settings, args: argparse.Namespace) -> int:
         target = getattr(args, "job", None) or args.command
@@ -108,9 +109,6 @@ def _guarded(handler: Handler) -> Handler:
         except JobDefinitionError as exc:
             print(f"error: {target}: {exc}", file=sys.stderr)
             return EXIT_USAGE
-        except RefusedError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return EXIT_FAIL
 
     return run
 
