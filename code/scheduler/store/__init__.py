@@ -14,12 +14,13 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from scheduler.store.bundle import Store
+    from scheduler.store.claims import Claim, Claimed, Owner
     from scheduler.store.cluster import ClusterRepository, InstanceRow, LeaseRow
     from scheduler.store.db import Database
     from scheduler.store.history import RunBrief
     from scheduler.store.jobs import AuditEntry
     from scheduler.store.reads import FINAL_STATUSES, RUN_STATUSES, JobRow, RunRow
-    from scheduler.store.runs import Claim, Claimed, Outcome, Owner
+    from scheduler.store.runs import Outcome
 
 __all__ = [
     "AuditEntry",
@@ -41,8 +42,8 @@ __all__ = [
 
 _HOME = {
     "AuditEntry": "jobs",
-    "Claim": "runs",
-    "Claimed": "runs",
+    "Claim": "claims",
+    "Claimed": "claims",
     "ClusterRepository": "cluster",
     "Database": "db",
     "FINAL_STATUSES": "reads",
@@ -50,7 +51,7 @@ _HOME = {
     "JobRow": "reads",
     "LeaseRow": "cluster",
     "Outcome": "runs",
-    "Owner": "runs",
+    "Owner": "claims",
     "RUN_STATUSES": "reads",
     "RunBrief": "history",
     "RunRow": "reads",
