@@ -2,7 +2,8 @@
 
 `status`, `stop`, `--help` and `start` (its parent, up to the fork) need only
 the standard library and the pidfile code; read commands open the store but
-never load Alembic, slack_sdk, waitress or prometheus-client.
+never load Alembic, slack_sdk, waitress or prometheus-client; on a SQLite file,
+those that read jobs and runs do not load SQLAlchemy either.
 """
 
 from __future__ import annotations
@@ -126,3 +127,25 @@ def test_read_commands_open_the_store_without_alembic_slack_waitress_or_promethe
     assert done.returncode in (0, 1), done.stderr[-2000:]
     assert "scheduler.store" in names
     assert sorted(n for n in names if n.split(".")[0] in HEAVY) == []
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["jobs"],
+        ["history", "--limit", "5"],
+        ["history", "x.y"],
+        ["show", "x.y"],
+        ["next", "x.y"],
+        ["logs", "1"],
+    ],
+)
+def test_read_commands_of_jobs_and_runs_on_sqlite_do_not_import_sqlalchemy(
+    box: Sandbox, args: list[str]
+) -> None:
+    upgraded = box.control("db", "upgrade")
+    assert upgraded.returncode == 0, upgraded.stderr
+    names, done = imported(args, box.env())
+    assert done.returncode in (0, 1), done.stderr[-2000:]
+    assert "scheduler.store.lite" in names and "scheduler.operator.queries" in names
+    assert sorted(n for n in names if n.split(".")[0] in ("sqlalchemy", *HEAVY)) == []

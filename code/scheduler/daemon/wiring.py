@@ -48,49 +48,13 @@ def build_service(settings: Settings, clock: Clock | None = None) -> Service:
     store = Store(settings.database_url)
     owner = Owner(uuid.uuid4().hex[:12], settings.instance_name, os.getpid())
     health = Health(clock)
-    recorder = Recorder(
-        clock,
-        store.runs.finish,
-        spool_path(settings),
-        health.database,
-        mark_started=store.runs.mark_started,
-        write_attempt=store.runs.set_attempt,
-    )
-    health.when_recovered(recorder.nudge)
-
-    def set_attempt(claimed: Claimed, attempt: int) -> None:
-        recorder.record_attempt(claimed.run_id, claimed.fence, attempt)
+    recorder = build_recorder(settings, store, clock, health)
+    runner = build_runner(settings, store, clock, recorder, stop)
 
     def answering_for() -> set[int]:
         """Runs whose leases this process renews: running here, or ended with the outcome unwritten."""
         return {a.claimed.run_id for a in runner.active()} | recorder.pending_runs()
 
-    def note_stack(claimed: Claimed, stack: str) -> None:
-        try:
-            store.runs.note_stack(claimed.run_id, claimed.fence, stack)
-        except SchedulerError as exc:
-            log.warning("could not note the stack of stuck run %s: %s", claimed.run_id, exc)
-
-    isolation = ProcessIsolation(settings.jobs_path, settings.default_isolation)
-    guard = CrashLoopGuard(
-        clock,
-        settings.crash_loop_after,
-        settings.crash_loop_max_backoff,
-        settings.crash_loop_pause_after,
-        pauser(store, clock),
-    )
-    runner = Runner(
-        clock,
-        settings.pool_size,
-        settings.max_log_bytes,
-        recorder.record,
-        set_attempt,
-        stop,
-        began=recorder.began,
-        isolation=isolation,
-        guard=guard,
-        note_stack=note_stack,
-    )
     dispatcher = build_dispatcher(settings, store, clock, runner, owner, health, recorder.pending_runs)
     coordinator = Coordinator(store, clock, settings, owner, health, answering_for)
     # Its own thread on every instance; job checks on the leader only.
@@ -130,6 +94,57 @@ def build_service(settings: Settings, clock: Clock | None = None) -> Service:
         else None,
     )
     return Service(settings, clock, parts, stop)
+
+
+def build_recorder(settings: Settings, store: Store, clock: Clock, health: Health) -> Recorder:
+    """The write-behind of run ends, spooling to this instance's file; it flushes again when the
+    database is back."""
+    recorder = Recorder(
+        clock,
+        store.runs.finish,
+        spool_path(settings),
+        health.database,
+        mark_started=store.runs.mark_started,
+        write_attempt=store.runs.set_attempt,
+    )
+    health.when_recovered(recorder.nudge)
+    return recorder
+
+
+def build_runner(
+    settings: Settings, store: Store, clock: Clock, recorder: Recorder, stop: threading.Event
+) -> Runner:
+    """The runner: threads or child processes, the crash-loop guard, ends and attempts written
+    through the recorder."""
+
+    def set_attempt(claimed: Claimed, attempt: int) -> None:
+        recorder.record_attempt(claimed.run_id, claimed.fence, attempt)
+
+    def note_stack(claimed: Claimed, stack: str) -> None:
+        try:
+            store.runs.note_stack(claimed.run_id, claimed.fence, stack)
+        except SchedulerError as exc:
+            log.warning("could not note the stack of stuck run %s: %s", claimed.run_id, exc)
+
+    guard = CrashLoopGuard(
+        clock,
+        settings.crash_loop_after,
+        settings.crash_loop_max_backoff,
+        settings.crash_loop_pause_after,
+        pauser(store, clock),
+    )
+    return Runner(
+        clock,
+        settings.pool_size,
+        settings.max_log_bytes,
+        recorder.record,
+        set_attempt,
+        stop,
+        began=recorder.began,
+        isolation=ProcessIsolation(settings.jobs_path, settings.default_isolation),
+        guard=guard,
+        note_stack=note_stack,
+    )
 
 
 def build_dispatcher(

@@ -149,43 +149,49 @@ def job(
     returned unchanged. Raises JobDefinitionError, naming the job, for an
     invalid declaration.
     """
-    frame = sys._getframe(1)
-    caller = str(frame.f_globals.get("__name__", ""))
-    del frame
+    caller = str(sys._getframe(1).f_globals.get("__name__", ""))
+    options = dict(
+        interval=interval,
+        cron=cron,
+        timezone=timezone,
+        timeout=timeout,
+        retries=retries,
+        retry_delay=retry_delay,
+        overlap=overlap,
+        catchup=catchup,
+        start_at=start_at,
+        first_run=first_run,
+        jitter=jitter,
+        enabled=enabled,
+        grace=grace,
+        alert_after_failures=alert_after_failures,
+        isolation=isolation,
+        memory_limit=memory_limit,
+        cpu_limit=cpu_limit,
+    )
 
     def decorate(func: F) -> F:
-        if not callable(func):
-            raise JobDefinitionError(f"@job needs a callable, got {func!r}")
-        module = discovery_module() or caller
-        spec = make_spec(
-            func,
-            name=name or f"{module_label(module)}.{default_name(func)}",
-            module=module,
-            interval=interval,
-            cron=cron,
-            timezone=timezone,
-            timeout=timeout,
-            retries=retries,
-            retry_delay=retry_delay,
-            overlap=overlap,
-            catchup=catchup,
-            start_at=start_at,
-            first_run=first_run,
-            jitter=jitter,
-            enabled=enabled,
-            grace=grace,
-            alert_after_failures=alert_after_failures,
-            named=name is not None,
-            isolation=isolation,
-            memory_limit=parse_bytes(memory_limit),
-            cpu_limit=cpu_limit,
-        )
-        declare(spec)
-        with contextlib.suppress(AttributeError, TypeError):  # bound methods, slots, builtins
-            setattr(func, _SPEC_ATTR, spec)
-        return func
+        return _declare_job(func, caller, name, options)
 
     return decorate
+
+
+def _declare_job(func: F, caller: str, name: str | None, options: dict[str, Any]) -> F:
+    """`@job`'s registration: into the job module being loaded, else the module that called `job`."""
+    if not callable(func):
+        raise JobDefinitionError(f"@job needs a callable, got {func!r}")
+    module = discovery_module() or caller
+    spec = make_spec(
+        func,
+        name=name or f"{module_label(module)}.{default_name(func)}",
+        module=module,
+        named=name is not None,
+        **(options | {"memory_limit": parse_bytes(options["memory_limit"])}),
+    )
+    declare(spec)
+    with contextlib.suppress(AttributeError, TypeError):  # bound methods, slots, builtins
+        setattr(func, _SPEC_ATTR, spec)
+    return func
 
 
 def default_name(func: Callable[..., Any]) -> str:

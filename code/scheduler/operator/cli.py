@@ -16,7 +16,7 @@ import socket
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from scheduler.clock import SystemClock
 from scheduler.config import Settings
@@ -25,6 +25,7 @@ from scheduler.operator import RUN_STATUSES
 
 if TYPE_CHECKING:
     from scheduler.store import Store
+    from scheduler.store.reads import Reader
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 Handler = Callable[[Settings, argparse.Namespace], int]
@@ -118,18 +119,55 @@ def _guarded(handler: Handler) -> Handler:
 @contextmanager
 def _open(settings: Settings, *, migrate: bool = False) -> Iterator[Store]:
     """The store, refusing a database with no schema (a wrong URL) unless migrating."""
+    _refuse_missing_file(settings, migrate)
+    from scheduler.store import Store
+
+    with _checked(Store(settings.database_url), migrate) as store:
+        yield store
+
+
+@contextmanager
+def _read(settings: Settings) -> Iterator[Reader]:
+    """What a read command reads through: on a plain SQLite file the lean reader, which imports
+    no SQLAlchemy (its import alone takes longer than such a command may); else the store."""
+    from scheduler.store import lite
+
+    file = lite.file_of(settings.database_url)
+    if file is None:
+        with _open(settings) as store:
+            yield store
+        return
+    _refuse_missing_file(settings, False)
+    with _checked(lite.LiteReader(settings.database_url, file), False) as reader:
+        yield reader
+
+
+def _refuse_missing_file(settings: Settings, migrate: bool) -> None:
     path = settings.sqlite_file
     if path is not None and not migrate and not path.exists():
         raise StoreError(f"database file {path} does not exist (start the daemon or run 'db upgrade')")
-    from scheduler.store import Store
 
-    store = Store(settings.database_url)
+
+class _Opened(Protocol):
+    @property
+    def safe_url(self) -> str: ...
+
+    def current_revision(self) -> str | None: ...
+
+    def dispose(self) -> None: ...
+
+
+_O = TypeVar("_O", bound=_Opened)
+
+
+@contextmanager
+def _checked(opened: _O, migrate: bool) -> Iterator[_O]:
     try:
-        if not migrate and store.db.current_revision() is None:
-            raise StoreError(f"database {store.safe_url} has no schema: run 'scheduler db upgrade'")
-        yield store
+        if not migrate and opened.current_revision() is None:
+            raise StoreError(f"database {opened.safe_url} has no schema: run 'scheduler db upgrade'")
+        yield opened
     finally:
-        store.dispose()
+        opened.dispose()
 
 
 def _print_json(data: Any) -> None:
@@ -142,7 +180,7 @@ def _print_json(data: Any) -> None:
 def cmd_jobs(settings: Settings, args: argparse.Namespace) -> int:
     from scheduler.operator import queries, tables
 
-    with _open(settings) as store:
+    with _read(settings) as store:
         jobs = queries.list_jobs(store, clock.now())
     if args.json:
         _print_json(jobs)
@@ -159,7 +197,7 @@ def cmd_show(settings: Settings, args: argparse.Namespace) -> int:
     from scheduler.humanize import duration
     from scheduler.operator import queries, tables
 
-    with _open(settings) as store:
+    with _read(settings) as store:
         job = queries.show_job(store, args.job, clock.now())
     if args.json:
         _print_json(job)
@@ -190,7 +228,7 @@ def cmd_show(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_next(settings: Settings, args: argparse.Namespace) -> int:
     from scheduler.operator import queries, tables
 
-    with _open(settings) as store:
+    with _read(settings) as store:
         data = queries.next_slots(store, args.job, clock.now(), args.n)
     if args.json:
         _print_json(data)
@@ -205,7 +243,7 @@ def cmd_next(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_history(settings: Settings, args: argparse.Namespace) -> int:
     from scheduler.operator import queries, tables
 
-    with _open(settings) as store:
+    with _read(settings) as store:
         runs = queries.list_runs(store, args.job, args.status, args.limit)
     if args.json:
         _print_json(runs)
@@ -218,7 +256,7 @@ def cmd_logs(settings: Settings, args: argparse.Namespace) -> int:
     from scheduler.humanize import duration
     from scheduler.operator import queries, tables
 
-    with _open(settings) as store:
+    with _read(settings) as store:
         run = queries.show_run(store, args.run_id)
     if args.json:
         _print_json(run)

@@ -6,7 +6,7 @@ Going through SQLAlchemy's statement execution cost ~150 us of CPU per row
 claim and 2 s to end a burst of 10,000 runs. Here each batch is one
 `executemany` of a pre-rendered statement with values already in the stored
 form, and the rows won are read back in one SELECT. PostgreSQL keeps its
-multi-row statements with RETURNING (runs.py), which are already one round
+multi-row statements with RETURNING (claims.py, runs.py), which are already one round
 trip per chunk.
 """
 
@@ -22,6 +22,8 @@ from scheduler.store.schema import runs
 
 if TYPE_CHECKING:
     from scheduler.store.runs import Outcome
+
+CHUNK = 500  # rows per statement: bounds the size of IN lists and multi-row VALUES
 
 _CLAIM_COLUMNS = (
     "job",

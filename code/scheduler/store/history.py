@@ -10,47 +10,10 @@ from typing import Any
 import sqlalchemy as sa
 
 from scheduler.errors import NotFoundError
+from scheduler.store import reads
 from scheduler.store.db import Database
+from scheduler.store.reads import RunRow as RunRow  # its home; imported from here too
 from scheduler.store.schema import as_utc, runs
-
-
-@dataclass(frozen=True)
-class RunRow:
-    id: int
-    job: str
-    scheduled_for: datetime
-    trigger: str
-    status: str
-    attempt: int
-    owner: str | None
-    fence: int
-    host: str | None
-    pid: int | None
-    started_at: datetime | None
-    finished_at: datetime | None
-    error_type: str | None
-    error_message: str | None
-    error_traceback: str | None
-    log: str | None
-    log_truncated: bool
-    lease_expires_at: datetime | None
-
-    @property
-    def duration_seconds(self) -> float | None:
-        if self.started_at is None or self.finished_at is None:
-            return None
-        return (self.finished_at - self.started_at).total_seconds()
-
-    @property
-    def lateness_seconds(self) -> float | None:
-        if self.started_at is None or self.trigger == "manual":
-            return None
-        return (self.started_at - self.scheduled_for).total_seconds()
-
-    @classmethod
-    def from_row(cls, row: sa.Row[Any]) -> RunRow:
-        m = row._mapping
-        return cls(**{name: m[name] for name in cls.__dataclass_fields__})
 
 
 @dataclass(frozen=True)
@@ -83,6 +46,17 @@ _BRIEF = (
 )
 
 
+# The reads the CLI also runs without SQLAlchemy: their text is in `reads`, typed here by the table.
+_LAST_SLOTS = sa.text(reads.LAST_SLOTS).columns(runs.c.job, runs.c.scheduled_for)
+_BY_ID = sa.text(reads.RUN_BY_ID).columns(*runs.c)
+_LATEST_PER_JOB = sa.text(reads.LATEST_PER_JOB).columns(*runs.c)
+_HISTORY = {
+    (job, status): sa.text(reads.history_sql(job, status)).columns(*runs.c)
+    for job in (False, True)
+    for status in (False, True)
+}
+
+
 def _brief(row: Any) -> RunBrief:
     m = row._mapping
     started, finished = m["started_at"], m["finished_at"]
@@ -105,36 +79,26 @@ class RunReads:
     def last_slots(self) -> dict[str, datetime]:
         """The latest scheduled (not manual) slot recorded per job."""
         with self.db.read() as conn:
-            query = (
-                sa.select(runs.c.job, sa.func.max(runs.c.scheduled_for))
-                .where(runs.c.trigger != "manual")
-                .group_by(runs.c.job)
-            )
-            return {job: as_utc(at) for job, at in conn.execute(query)}
+            return {job: as_utc(at) for job, at in conn.execute(_LAST_SLOTS)}
 
     def get(self, run_id: int) -> RunRow:
         """Raises NotFoundError."""
         with self.db.read() as conn:
-            row = conn.execute(sa.select(runs).where(runs.c.id == run_id)).first()
+            row = conn.execute(_BY_ID, {"id": run_id}).first()
         if row is None:
             raise NotFoundError(f"no run with id {run_id}")
         return RunRow.from_row(row)
 
     def history(self, job: str | None = None, status: str | None = None, limit: int = 50) -> list[RunRow]:
-        query = sa.select(runs).order_by(runs.c.scheduled_for.desc(), runs.c.id.desc()).limit(limit)
-        if job is not None:
-            query = query.where(runs.c.job == job)
-        if status is not None:
-            query = query.where(runs.c.status == status)
+        query = _HISTORY[job is not None, status is not None]
         with self.db.read() as conn:
-            return [RunRow.from_row(r) for r in conn.execute(query)]
+            found = conn.execute(query, {"job": job, "status": status, "limit": limit})
+            return [RunRow.from_row(r) for r in found]
 
     def latest_per_job(self) -> dict[str, RunRow]:
         """Each job's most recent run row (by slot)."""
-        latest = sa.select(runs.c.job, sa.func.max(runs.c.id).label("id")).group_by(runs.c.job).subquery()
         with self.db.read() as conn:
-            rows = conn.execute(sa.select(runs).join(latest, runs.c.id == latest.c.id))
-            return {r.job: RunRow.from_row(r) for r in rows}
+            return {r.job: RunRow.from_row(r) for r in conn.execute(_LATEST_PER_JOB)}
 
     def latest_briefs(self) -> dict[str, RunBrief]:
         """Each job's most recent run (highest id), without log or error text."""

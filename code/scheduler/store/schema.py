@@ -12,18 +12,14 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Dialect
 
+# Their home is `reads` (which the CLI imports without SQLAlchemy); imported from here too.
+from scheduler.store.reads import FINAL_STATUSES as FINAL_STATUSES
+from scheduler.store.reads import RUN_STATUSES as RUN_STATUSES
+from scheduler.store.reads import as_utc as as_utc
+
 metadata = sa.MetaData()
 
 BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
-
-# Every status a run row can have; a run in one of the FINAL_STATUSES has ended.
-RUN_STATUSES = ("queued", "running", "succeeded", "failed", "timed_out", "skipped", "missed", "abandoned")
-FINAL_STATUSES = RUN_STATUSES[2:]
-
-
-def as_utc(at: datetime) -> datetime:
-    """A datetime read outside a UTCDateTime column (an aggregate), as tz-aware UTC."""
-    return at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
 
 
 class UTCDateTime(sa.TypeDecorator[datetime]):
