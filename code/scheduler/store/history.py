@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 
@@ -13,7 +13,32 @@ from scheduler.errors import NotFoundError
 from scheduler.store import reads
 from scheduler.store.db import Database
 from scheduler.store.reads import RunRow as RunRow  # its home; imported from here too
+from scheduler.store.reads import instant
 from scheduler.store.schema import as_utc, runs
+
+
+class LatestTimes(NamedTuple):
+    """A job's latest times as stored (SQLite's text, PostgreSQL's datetimes), decoded when read.
+
+    Equal if stored equal: a metrics scrape compares them with the previous
+    scrape's and decodes only the ones that changed.
+    """
+
+    slot: datetime | str | None  # the latest scheduled (not manual) slot
+    ended: datetime | str | None  # when the latest run ended
+    succeeded: datetime | str | None  # when the latest successful run ended
+
+    @property
+    def slot_at(self) -> datetime | None:
+        return instant(self.slot) if self.slot is not None else None
+
+    @property
+    def ended_at(self) -> datetime | None:
+        return instant(self.ended) if self.ended is not None else None
+
+    @property
+    def succeeded_at(self) -> datetime | None:
+        return instant(self.succeeded) if self.succeeded is not None else None
 
 
 @dataclass(frozen=True)
@@ -50,6 +75,12 @@ _BRIEF = (
 _LAST_SLOTS = sa.text(reads.LAST_SLOTS).columns(runs.c.job, runs.c.scheduled_for)
 _BY_ID = sa.text(reads.RUN_BY_ID).columns(*runs.c)
 _LATEST_PER_JOB = sa.text(reads.LATEST_PER_JOB).columns(*runs.c)
+# Untyped: the values stay as stored until read (`LatestTimes`).
+_LATEST_TIMES = sa.text(
+    "SELECT runs.job, max(CASE WHEN runs.\"trigger\" != 'manual' THEN runs.scheduled_for END),"
+    " max(runs.finished_at), max(CASE WHEN runs.status = 'succeeded' THEN runs.finished_at END)"
+    " FROM runs GROUP BY runs.job"
+)
 _HISTORY = {
     (job, status): sa.text(reads.history_sql(job, status)).columns(*runs.c)
     for job in (False, True)
@@ -121,19 +152,14 @@ class RunReads:
                 found[row.job].append(_brief(row))
         return found
 
-    def finish_times(self) -> dict[str, tuple[datetime | None, datetime | None]]:
-        """Per job: when its latest run ended, and when its latest successful run ended."""
-        succeeded = sa.case((runs.c.status == "succeeded", runs.c.finished_at))
-        query = sa.select(runs.c.job, sa.func.max(runs.c.finished_at), sa.func.max(succeeded)).group_by(
-            runs.c.job
-        )
+    def latest_times(self) -> dict[str, LatestTimes]:
+        """Per job with runs, in one pass: its latest scheduled (not manual) slot, when its latest run
+        ended and when its latest successful run ended (each None if it has none)."""
         with self.db.read() as conn:
-            return {
-                job: (as_utc(last) if last else None, as_utc(ok) if ok else None)
-                for job, last, ok in conn.execute(query)
-            }
+            return {job: LatestTimes(*times) for job, *times in conn.execute(_LATEST_TIMES)}
 
-    def count_by_status(self) -> dict[tuple[str, str], int]:
+    def status_counts(self) -> dict[str, int]:
+        """Run rows kept, by status."""
         with self.db.read() as conn:
-            query = sa.select(runs.c.job, runs.c.status, sa.func.count()).group_by(runs.c.job, runs.c.status)
-            return {(job, status): int(n) for job, status, n in conn.execute(query)}
+            query = sa.select(runs.c.status, sa.func.count()).group_by(runs.c.status)
+            return {status: int(n) for status, n in conn.execute(query)}

@@ -20,7 +20,7 @@ from scheduler import writable
 from scheduler.config import redact_url
 from scheduler.errors import NotFoundError, StoreError, StoreUnavailable, first_line
 from scheduler.store import reads
-from scheduler.store.reads import INSTANT, JSON, JobRow, RunRow, as_utc
+from scheduler.store.reads import INSTANT, JSON, JobRow, RunRow, instant
 
 BUSY_TIMEOUT = 10.0  # seconds, as the store waits on a writer's lock
 
@@ -95,7 +95,7 @@ class _Runs:
         self.reader = reader
 
     def last_slots(self) -> dict[str, datetime]:
-        return {job: _instant(at) for job, at in self.reader.rows(reads.LAST_SLOTS)}
+        return {job: instant(at) for job, at in self.reader.rows(reads.LAST_SLOTS)}
 
     def get(self, run_id: int) -> RunRow:
         """Raises NotFoundError."""
@@ -120,11 +120,6 @@ def _decode(table: str, row: sqlite3.Row) -> dict[str, Any]:
     for name in row.keys():
         value, kind = row[name], kinds.get(name)
         if value is not None and kind is not None:
-            value = _instant(value) if kind == INSTANT else json.loads(value) if kind == JSON else bool(value)
+            value = instant(value) if kind == INSTANT else json.loads(value) if kind == JSON else bool(value)
         decoded[name] = value
     return decoded
-
-
-def _instant(text: str) -> datetime:
-    """An instant as SQLAlchemy stores it on SQLite (naive UTC text), tz-aware UTC."""
-    return as_utc(datetime.fromisoformat(text))

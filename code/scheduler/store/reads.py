@@ -28,6 +28,12 @@ def as_utc(at: datetime) -> datetime:
     return at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
 
 
+def instant(value: datetime | str) -> datetime:
+    """A stored instant read raw (untyped), as tz-aware UTC: PostgreSQL's driver gives a datetime,
+    SQLite gives the naive UTC text SQLAlchemy wrote."""
+    return as_utc(value if isinstance(value, datetime) else datetime.fromisoformat(value))
+
+
 @dataclass(frozen=True)
 class JobRow:
     """A job as stored; `scheduler.jobs.effective` says when it runs next."""
