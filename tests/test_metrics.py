@@ -12,6 +12,8 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from prometheus_client import generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.parser import text_string_to_metric_families
 from scheduler import config
 from scheduler.clock import FakeClock
@@ -21,6 +23,7 @@ from scheduler.daemon.wiring import build_service
 from scheduler.engine.runner import ActiveRun, JobContext
 from scheduler.jobs.effective import schedule_of
 from scheduler.jobs.registry import make_spec
+from scheduler.operator.jobseries import Families
 from scheduler.operator.metrics import Metrics
 from scheduler.store import Claim, Claimed, InstanceRow, Outcome, Owner, Store
 
@@ -148,6 +151,109 @@ def test_per_job_histograms_are_opt_in(store: Store, clock: FakeClock) -> None:
     assert got[("scheduler_run_duration_seconds_count", (("job", "etl.load"),))] == 1
     assert got[("scheduler_run_lateness_seconds_bucket", (("job", "etl.load"), ("le", "0.5")))] == 1
     assert ("scheduler_run_duration_seconds_count", ()) not in got
+
+
+def test_a_batch_of_ended_runs_counts_as_the_same_runs_one_by_one(sqlite_url: str, clock: FakeClock) -> None:
+    store = Store(sqlite_url)
+    store.upgrade()
+    try:
+        ends = [
+            ("etl.a", "succeeded"),
+            ("etl.b", "failed"),
+            ("etl.a", "timed_out"),
+            ("etl.a", "succeeded"),
+        ] * 50
+        batch = [finished_run(job, status, 0.2, 1.5, clock, "schedule") for job, status in ends]
+        batched = Metrics(store, Health(clock), clock, "a", ended=lambda: batch)
+        one_by_one = Metrics(store, Health(clock), clock, "b")
+        for run in batch:
+            one_by_one.observe_run(run)
+        got, expected = (samples(m.render()[0].decode()) for m in (batched, one_by_one))
+        assert got[("scheduler_job_runs_total", (("job", "etl.a"),))] == 150
+        assert got[("scheduler_job_failures_total", (("job", "etl.a"),))] == 50
+        assert got[("scheduler_runs_total", (("status", "succeeded"),))] == 100
+        assert got[("scheduler_run_duration_seconds_count", ())] == 200
+        strip = {k: v for k, v in got.items() if k[0] != "scheduler_info"}
+        assert strip == {k: v for k, v in expected.items() if k[0] != "scheduler_info"}
+    finally:
+        store.dispose()
+
+
+def test_a_jobs_cached_lines_change_when_its_values_change_and_only_then(
+    store: Store, clock: FakeClock
+) -> None:
+    now = clock.now()
+    names = ["etl.load", "etl.other"]
+    store.jobs.sync([make_spec(work, name=n, interval=timedelta(minutes=10)) for n in names], now)
+    metrics = Metrics(store, Health(clock), clock, "inst-a")
+    metrics.observe_run(finished_run("etl.load", "succeeded", 0.1, 1.0, clock, "schedule"))
+    metrics.render()
+    load, other = metrics.jobs.block("etl.load"), metrics.jobs.block("etl.other")
+    assert load is not None and other is not None
+    metrics.render()
+    assert metrics.jobs.block("etl.load") is load and metrics.jobs.block("etl.other") is other
+
+    metrics.observe_run(finished_run("etl.load", "failed", 0.1, 1.0, clock, "schedule"))  # its counters
+    got = samples(metrics.render()[0].decode())
+    assert got[("scheduler_job_runs_total", (("job", "etl.load"),))] == 2
+    assert got[("scheduler_job_failures_total", (("job", "etl.load"),))] == 1
+    assert metrics.jobs.block("etl.load") is not load and metrics.jobs.block("etl.other") is other
+
+    anchor = store.jobs.get("etl.other").anchor_at
+    key = (("job", "etl.other"),)
+    assert got[("scheduler_job_next_run_timestamp_seconds", key)] == anchor.timestamp()
+    slot = anchor + timedelta(minutes=10)  # a run recorded by any instance: its latest times
+    (claimed,) = store.runs.claim([Claim("etl.other", slot)], OWNER, now, now + timedelta(minutes=1))
+    store.runs.finish([Outcome(claimed.run_id, claimed.fence, "succeeded", finished_at=now, started_at=now)])
+    got = samples(metrics.render()[0].decode())
+    assert got[("scheduler_job_last_success_timestamp_seconds", key)] == now.timestamp()
+    assert (
+        got[("scheduler_job_next_run_timestamp_seconds", key)] == (slot + timedelta(minutes=10)).timestamp()
+    )
+    assert metrics.jobs.block("etl.other") is not other
+
+    clock.advance(timedelta(seconds=1))
+    store.jobs.set_paused("etl.other", True, "test", clock.now())  # its row: no next run while paused
+    got = samples(metrics.render()[0].decode())
+    assert ("scheduler_job_next_run_timestamp_seconds", key) not in got
+    assert got[("scheduler_job_last_success_timestamp_seconds", key)] == now.timestamp()
+
+
+def test_the_per_job_families_are_written_as_prometheus_client_writes_them(
+    store: Store, clock: FakeClock
+) -> None:
+    """Parsed, rebuilt with prometheus_client's families and rendered by it, the text comes back
+    byte for byte: headers, label escaping, value formatting, which series exist."""
+    now = clock.now()
+    names = ['a "quoted" job', "ünï.cödé", "etl.load", "etl.off"]
+    store.jobs.sync(
+        [make_spec(work, name=n, interval=timedelta(minutes=7), enabled=n != "etl.off") for n in names], now
+    )
+    slot = now - timedelta(minutes=3)
+    won = store.runs.claim([Claim(n, slot) for n in names[:3]], OWNER, now, now + timedelta(minutes=1))
+    ends = [
+        Outcome(c.run_id, c.fence, status, finished_at=now - timedelta(seconds=0.123456), started_at=slot)
+        for c, status in zip(won, ("succeeded", "failed", "succeeded"), strict=True)
+    ]
+    store.runs.finish(ends)
+    metrics = Metrics(store, Health(clock), clock, "inst-a")
+    for name, status in [
+        (names[0], "failed"),
+        (names[0], "succeeded"),
+        (names[1], "timed_out"),
+        (names[2], "succeeded"),
+    ]:
+        metrics.observe_run(finished_run(name, status, 0.1, 1.0, clock, "schedule"))
+    text = metrics.jobs.render(metrics.catalog.rows(), store.runs.latest_times(), now)
+    rebuilt = []
+    for family in text_string_to_metric_families(text):
+        kind = CounterMetricFamily if family.type == "counter" else GaugeMetricFamily
+        again = kind(family.name, family.documentation, labels=["job"])
+        for sample in family.samples:
+            again.add_metric([sample.labels["job"]], sample.value)
+        rebuilt.append(again)
+    assert len(rebuilt) == 5 and [len(f.samples) for f in rebuilt] == [3, 2, 3, 3, 2]
+    assert generate_latest(Families(rebuilt)).decode() == text
 
 
 def test_the_setting_turns_on_per_job_histograms() -> None:

@@ -575,11 +575,13 @@ def test_history_latest_and_counts(store: Store) -> None:
     assert [r.scheduled_for for r in store.runs.history(job="h.job")] == [slot(2), slot(1)]
     assert [r.id for r in store.runs.history(status="failed")] == [second]
     assert store.runs.latest_per_job()["h.job"].id == second
-    assert store.runs.count_by_status() == {
-        ("h.job", "missed"): 1,
-        ("h.job", "failed"): 1,
-        ("h2.job", "missed"): 1,
-    }
+    (third,) = claim_one(store, "h2.job", slot(3))
+    finish(store, third, 1, "succeeded")
+    store.runs.enqueue("h2.job", slot(9))  # a manual run's slot is not the job's latest slot
+    assert store.runs.status_counts() == {"missed": 2, "failed": 1, "succeeded": 1, "queued": 1}
+    times = {job: (t.slot_at, t.ended_at, t.succeeded_at) for job, t in store.runs.latest_times().items()}
+    assert times["h.job"] == (slot(2), NOW + timedelta(seconds=5), None)  # a missed slot ends at NOW
+    assert times["h2.job"] == (slot(3), NOW + timedelta(seconds=5), NOW + timedelta(seconds=5))
     with pytest.raises(NotFoundError, match="999999"):
         store.runs.get(999999)
 

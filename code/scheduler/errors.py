@@ -38,3 +38,9 @@ class RefusedError(SchedulerError):
 
 class AlreadyRunningError(SchedulerError):
     """Another daemon already holds the pidfile or the SQLite database."""
+
+
+def first_line(error: BaseException | None) -> str:
+    """The first line of an error's text (a driver's message may go on with detail lines)."""
+    text = str(error or "").strip().splitlines()
+    return text[0] if text else type(error).__name__

@@ -11,7 +11,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from scheduler.errors import ConfigError
+from scheduler.errors import ConfigError, StoreError
 
 
 def problem(folder: Path) -> str | None:
@@ -47,3 +47,17 @@ def make(folder: Path, setting: str) -> None:
     except OSError as exc:
         raise ConfigError(f"{setting}: cannot create {folder}: {exc.strerror or exc}") from None
     require(folder, setting)
+
+
+def database_folder(folder: Path) -> None:
+    """Create a SQLite database's folder; SQLite writes its -wal and -shm files beside the database.
+
+    Raises StoreError naming the folder if it cannot be created or written.
+    """
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StoreError(f"database folder {folder}: cannot create it: {exc.strerror or exc}") from None
+    why = problem(folder)
+    if why is not None:
+        raise StoreError(f"database folder {folder}: {why}")

@@ -2,7 +2,8 @@
 
 `status`, `stop`, `--help` and `start` (its parent, up to the fork) need only
 the standard library and the pidfile code; read commands open the store but
-never load Alembic, slack_sdk, waitress or prometheus-client.
+never load Alembic, slack_sdk, waitress or prometheus-client; on a SQLite file,
+those that read jobs and runs do not load SQLAlchemy either.
 """
 
 from __future__ import annotations
@@ -116,13 +117,28 @@ def test_start_imports_only_the_pidfile_code_up_to_the_fork(box: Sandbox) -> Non
             wait_until(lambda: process_gone(pid), 15)
 
 
-@pytest.mark.parametrize("args", [["jobs"], ["history", "--limit", "5"], ["alerts"], ["show", "x.y"]])
+LEAN = ("scheduler.store.lite",)  # on SQLite, the read commands of jobs and runs go through sqlite3...
+NO_SQLALCHEMY = ("sqlalchemy",)  # ...and so never load SQLAlchemy
+
+
+@pytest.mark.parametrize(
+    ("args", "loaded", "also_absent"),
+    [
+        (["jobs"], LEAN, NO_SQLALCHEMY),
+        (["history", "--limit", "5"], LEAN, NO_SQLALCHEMY),
+        (["history", "x.y"], LEAN, NO_SQLALCHEMY),
+        (["show", "x.y"], LEAN, NO_SQLALCHEMY),
+        (["next", "x.y"], LEAN, NO_SQLALCHEMY),
+        (["logs", "1"], LEAN, NO_SQLALCHEMY),
+        (["alerts"], ("scheduler.store.incidents",), ()),
+    ],
+)
 def test_read_commands_open_the_store_without_alembic_slack_waitress_or_prometheus(
-    box: Sandbox, args: list[str]
+    box: Sandbox, args: list[str], loaded: tuple[str, ...], also_absent: tuple[str, ...]
 ) -> None:
     upgraded = box.control("db", "upgrade")
     assert upgraded.returncode == 0, upgraded.stderr
     names, done = imported(args, box.env())
     assert done.returncode in (0, 1), done.stderr[-2000:]
-    assert "scheduler.store" in names
-    assert sorted(n for n in names if n.split(".")[0] in HEAVY) == []
+    assert {"scheduler.store", "scheduler.operator.queries", *loaded} <= names
+    assert sorted(n for n in names if n.split(".")[0] in (*HEAVY, *also_absent)) == []

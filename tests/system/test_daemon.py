@@ -87,8 +87,10 @@ def blocking_job(box: Sandbox, interval: float = 60, limit: float = 30) -> dict[
 
 
 def running_run(box: Sandbox, job: str) -> int:
-    """Wait until `job` has a run row in status running; its id."""
-    rows = wait_until(lambda: [r for r in box.runs(job) if r.status == "running"], 15)
+    """Wait until `job` has a run that began (status running, its start written); its id.
+
+    A run claimed ahead of its slot is `running` with no start until the slot."""
+    rows = wait_until(lambda: [r for r in box.runs(job) if r.status == "running" and r.started_at], 15)
     return int(rows[0].id)
 
 

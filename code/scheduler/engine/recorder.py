@@ -69,7 +69,8 @@ class Recorder:
         with self._cond:
             self._begun.pop(outcome.run_id, None)
             self._queue.append(outcome)
-            self._cond.notify()
+            if len(self._queue) in (1, BATCH):  # the writer waits for the first, or gathers up to BATCH
+                self._cond.notify()
 
     def began(self, claimed: Claimed, at: datetime) -> None:
         """A run's function is starting; its start is written if it is still going BEGUN_DELAY later."""
@@ -185,7 +186,7 @@ class Recorder:
                 if self._closing:
                     return
                 if 0 < len(self._queue) < BATCH:
-                    self._cond.wait(GATHER)
+                    self._cond.wait_for(lambda: len(self._queue) >= BATCH or self._closing, GATHER)
             if self.flush_once():
                 if failing:
                     log.info("run records are being written again")

@@ -20,7 +20,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from scheduler.jobs.schedules import CronSchedule, IntervalSchedule, Schedule
-from scheduler.store.jobs import JobRow
+from scheduler.store.reads import JobRow
 
 
 def schedule_of(row: JobRow) -> Schedule:

@@ -15,8 +15,8 @@ import json
 import socket
 import sys
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, TypeVar
+from contextlib import AbstractContextManager, contextmanager
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from scheduler.clock import SystemClock
 from scheduler.config import Settings
@@ -25,10 +25,12 @@ from scheduler.operator import RUN_STATUSES
 
 if TYPE_CHECKING:
     from scheduler.store import Store
+    from scheduler.store.reads import Reader
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 Handler = Callable[[Settings, argparse.Namespace], int]
 clock = SystemClock()
+S = TypeVar("S")
 T = TypeVar("T")
 
 
@@ -117,18 +119,55 @@ def _guarded(handler: Handler) -> Handler:
 @contextmanager
 def _open(settings: Settings, *, migrate: bool = False) -> Iterator[Store]:
     """The store, refusing a database with no schema (a wrong URL) unless migrating."""
+    _refuse_missing_file(settings, migrate)
+    from scheduler.store import Store
+
+    with _checked(Store(settings.database_url), migrate) as store:
+        yield store
+
+
+@contextmanager
+def _read(settings: Settings) -> Iterator[Reader]:
+    """What a read command reads through: on a plain SQLite file the lean reader, which imports
+    no SQLAlchemy (its import alone takes longer than such a command may); else the store."""
+    from scheduler.store import lite
+
+    file = lite.file_of(settings.database_url)
+    if file is None:
+        with _open(settings) as store:
+            yield store
+        return
+    _refuse_missing_file(settings, False)
+    with _checked(lite.LiteReader(settings.database_url, file), False) as reader:
+        yield reader
+
+
+def _refuse_missing_file(settings: Settings, migrate: bool) -> None:
     path = settings.sqlite_file
     if path is not None and not migrate and not path.exists():
         raise StoreError(f"database file {path} does not exist (start the daemon or run 'db upgrade')")
-    from scheduler.store import Store
 
-    store = Store(settings.database_url)
+
+class _Opened(Protocol):
+    @property
+    def safe_url(self) -> str: ...
+
+    def current_revision(self) -> str | None: ...
+
+    def dispose(self) -> None: ...
+
+
+_O = TypeVar("_O", bound=_Opened)
+
+
+@contextmanager
+def _checked(opened: _O, migrate: bool) -> Iterator[_O]:
     try:
-        if not migrate and store.db.current_revision() is None:
-            raise StoreError(f"database {store.safe_url} has no schema: run 'scheduler db upgrade'")
-        yield store
+        if not migrate and opened.current_revision() is None:
+            raise StoreError(f"database {opened.safe_url} has no schema: run 'scheduler db upgrade'")
+        yield opened
     finally:
-        store.dispose()
+        opened.dispose()
 
 
 def _print_json(data: Any) -> None:
@@ -136,11 +175,15 @@ def _print_json(data: Any) -> None:
 
 
 def _answer(
-    settings: Settings, args: argparse.Namespace, query: Callable[[Store], T], text: Callable[[T], str]
+    source: AbstractContextManager[S],
+    args: argparse.Namespace,
+    query: Callable[[S], T],
+    text: Callable[[T], str],
 ) -> int:
-    """Run `query` on the store, then print what it returned: as JSON with --json, else as `text`."""
-    with _open(settings) as store:
-        data = query(store)
+    """Run `query` on what `source` opens (`_read`, `_open`), then print what it returned: as JSON
+    with --json, else as `text`."""
+    with source as opened:
+        data = query(opened)
     if args.json:
         _print_json(data)
     else:
@@ -154,39 +197,41 @@ def _answer(
 def cmd_jobs(settings: Settings, args: argparse.Namespace) -> int:
     from scheduler.operator import queries, tables
 
-    return _answer(settings, args, lambda store: queries.list_jobs(store, clock.now()), tables.jobs_table)
+    return _answer(
+        _read(settings), args, lambda store: queries.list_jobs(store, clock.now()), tables.jobs_table
+    )
 
 
 def cmd_show(settings: Settings, args: argparse.Namespace) -> int:
     from scheduler.operator import queries, tables
 
     return _answer(
-        settings, args, lambda store: queries.show_job(store, args.job, clock.now()), tables.job_text
+        _read(settings), args, lambda store: queries.show_job(store, args.job, clock.now()), tables.job_text
     )
 
 
 def cmd_next(settings: Settings, args: argparse.Namespace) -> int:
     from scheduler.operator import queries, tables
 
-    def query(store: Store) -> dict[str, Any]:
+    def query(store: Reader) -> dict[str, Any]:
         return queries.next_slots(store, args.job, clock.now(), args.n)
 
-    return _answer(settings, args, query, tables.slots_text)
+    return _answer(_read(settings), args, query, tables.slots_text)
 
 
 def cmd_history(settings: Settings, args: argparse.Namespace) -> int:
     from scheduler.operator import queries, tables
 
-    def query(store: Store) -> list[dict[str, Any]]:
+    def query(store: Reader) -> list[dict[str, Any]]:
         return queries.list_runs(store, args.job, args.status, args.limit)
 
-    return _answer(settings, args, query, lambda runs: tables.runs_table(runs) if runs else "no runs")
+    return _answer(_read(settings), args, query, lambda runs: tables.runs_table(runs) if runs else "no runs")
 
 
 def cmd_logs(settings: Settings, args: argparse.Namespace) -> int:
     from scheduler.operator import queries, tables
 
-    return _answer(settings, args, lambda store: queries.show_run(store, args.run_id), tables.run_text)
+    return _answer(_read(settings), args, lambda store: queries.show_run(store, args.run_id), tables.run_text)
 
 
 def cmd_instances(settings: Settings, args: argparse.Namespace) -> int:
@@ -195,7 +240,7 @@ def cmd_instances(settings: Settings, args: argparse.Namespace) -> int:
     def query(store: Store) -> list[dict[str, Any]]:
         return queries.list_instances(store, clock.now())
 
-    return _answer(settings, args, query, tables.instances_table)
+    return _answer(_open(settings), args, query, tables.instances_table)
 
 
 def cmd_alerts(settings: Settings, args: argparse.Namespace) -> int:
@@ -204,7 +249,9 @@ def cmd_alerts(settings: Settings, args: argparse.Namespace) -> int:
     def query(store: Store) -> list[dict[str, Any]]:
         return queries.list_alerts(store, open_only=not args.all, limit=args.limit)
 
-    return _answer(settings, args, query, lambda found: tables.alerts_table(found, open_only=not args.all))
+    return _answer(
+        _open(settings), args, query, lambda found: tables.alerts_table(found, open_only=not args.all)
+    )
 
 
 def cmd_audit(settings: Settings, args: argparse.Namespace) -> int:
@@ -213,7 +260,7 @@ def cmd_audit(settings: Settings, args: argparse.Namespace) -> int:
     def query(store: Store) -> list[dict[str, Any]]:
         return queries.list_audit(store, args.job, args.limit)
 
-    return _answer(settings, args, query, tables.audit_table)
+    return _answer(_open(settings), args, query, tables.audit_table)
 
 
 # -- changing -----------------------------------------------------------------
@@ -229,7 +276,7 @@ def cmd_trigger(settings: Settings, args: argparse.Namespace) -> int:
         return f"{queued}\nnote: no live instance loads {result['job']}; the run waits until one starts"
 
     return _answer(
-        settings, args, lambda store: actions.trigger(store, args.job, cli_actor(), clock.now()), text
+        _open(settings), args, lambda store: actions.trigger(store, args.job, cli_actor(), clock.now()), text
     )
 
 
@@ -250,7 +297,10 @@ def _set_paused(settings: Settings, args: argparse.Namespace, paused: bool) -> i
         return actions.set_paused(store, args.job, paused, actor, clock.now())
 
     return _answer(
-        settings, args, query, lambda job: f"{'paused' if paused else 'resumed'} {job['name']} (by {actor})"
+        _open(settings),
+        args,
+        query,
+        lambda job: f"{'paused' if paused else 'resumed'} {job['name']} (by {actor})",
     )
 
 
@@ -271,7 +321,7 @@ def cmd_set(settings: Settings, args: argparse.Namespace) -> int:
             clear=args.clear,
         )
 
-    return _answer(settings, args, change, tables.schedule_text)
+    return _answer(_open(settings), args, change, tables.schedule_text)
 
 
 def cmd_notify_test(settings: Settings, args: argparse.Namespace) -> int:

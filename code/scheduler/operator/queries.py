@@ -15,13 +15,15 @@ from __future__ import annotations
 
 from dataclasses import asdict, is_dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 from scheduler.errors import JobDefinitionError
 from scheduler.jobs import effective
-from scheduler.store import RUN_STATUSES, AuditEntry, InstanceRow, JobRow, RunRow, Store
-from scheduler.store.cluster import LEADER
+from scheduler.store.reads import RUN_STATUSES, JobRow, Reader, RunRow
+
+if TYPE_CHECKING:  # the read commands on SQLite import this module without SQLAlchemy
+    from scheduler.store import AuditEntry, InstanceRow, Store
 
 MAX_LIMIT = 1000
 MAX_SLOTS = 100
@@ -60,13 +62,13 @@ def job_view(row: JobRow, last: RunRow | None, last_slot: datetime | None, now: 
     }
 
 
-def list_jobs(store: Store, now: datetime) -> list[dict[str, Any]]:
+def list_jobs(store: Reader, now: datetime) -> list[dict[str, Any]]:
     latest = store.runs.latest_per_job()
     slots = store.runs.last_slots()
     return [job_view(r, latest.get(r.name), slots.get(r.name), now) for r in store.jobs.all()]
 
 
-def show_job(store: Store, name: str, now: datetime, recent: int = 10) -> dict[str, Any]:
+def show_job(store: Reader, name: str, now: datetime, recent: int = 10) -> dict[str, Any]:
     """One job with its definition, overrides and recent runs. Raises NotFoundError."""
     row = store.jobs.get(name)
     runs = store.runs.history(job=name, limit=recent)
@@ -86,7 +88,7 @@ def show_job(store: Store, name: str, now: datetime, recent: int = 10) -> dict[s
     return view
 
 
-def next_slots(store: Store, name: str, now: datetime, count: int) -> dict[str, Any]:
+def next_slots(store: Reader, name: str, now: datetime, count: int) -> dict[str, Any]:
     """The next `count` slots of a job, in UTC and in its zone. Raises NotFoundError."""
     if not 1 <= count <= MAX_SLOTS:
         raise JobDefinitionError(f"count must be 1-{MAX_SLOTS}, got {count}")
@@ -130,7 +132,7 @@ def run_view(run: RunRow, with_log: bool = False) -> dict[str, Any]:
 
 
 def list_runs(
-    store: Store, job: str | None = None, status: str | None = None, limit: int = 50
+    store: Reader, job: str | None = None, status: str | None = None, limit: int = 50
 ) -> list[dict[str, Any]]:
     """Recent runs, newest slot first. Raises JobDefinitionError for a bad filter."""
     if status is not None and status not in RUN_STATUSES:
@@ -142,7 +144,7 @@ def list_runs(
     return [run_view(r) for r in store.runs.history(job=job, status=status, limit=limit)]
 
 
-def show_run(store: Store, run_id: int) -> dict[str, Any]:
+def show_run(store: Reader, run_id: int) -> dict[str, Any]:
     """Raises NotFoundError."""
     return run_view(store.runs.get(run_id), with_log=True)
 
@@ -166,6 +168,8 @@ def instance_view(row: InstanceRow, leader: str | None) -> dict[str, Any]:
 
 def list_instances(store: Store, now: datetime, limit: int = 50) -> list[dict[str, Any]]:
     """Recent instances, newest first; `leader` marks the holder of a valid leader lease."""
+    from scheduler.store.cluster import LEADER
+
     lease = store.cluster.lease(LEADER)
     leader = None
     if lease is not None and lease.holder and lease.expires_at is not None and lease.expires_at >= now:

@@ -2,20 +2,25 @@
 
 `Store` bundles one `Database` (engine, transactions, migrations) with the
 repositories that hold every query: jobs, runs, cluster, incidents, outbox, run facts.
+
+The names below are imported on first use, so that `scheduler.store.reads` and
+`scheduler.store.lite` (the CLI's read commands on SQLite) load without SQLAlchemy.
 """
 
 from __future__ import annotations
 
-from scheduler.store.claims import Claim, Claimed, Owner
-from scheduler.store.cluster import ClusterRepository, InstanceRow, LeaseRow
-from scheduler.store.db import Database
-from scheduler.store.history import RunBrief, RunRow
-from scheduler.store.incidents import IncidentRepository
-from scheduler.store.jobs import AuditEntry, JobRepository, JobRow
-from scheduler.store.outbox import OutboxRepository
-from scheduler.store.runfacts import RunFactsRepository
-from scheduler.store.runs import Outcome, RunRepository
-from scheduler.store.schema import FINAL_STATUSES, RUN_STATUSES
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from scheduler.store.bundle import Store
+    from scheduler.store.claims import Claim, Claimed, Owner
+    from scheduler.store.cluster import ClusterRepository, InstanceRow, LeaseRow
+    from scheduler.store.db import Database
+    from scheduler.store.history import RunBrief
+    from scheduler.store.jobs import AuditEntry
+    from scheduler.store.reads import FINAL_STATUSES, RUN_STATUSES, JobRow, RunRow
+    from scheduler.store.runs import Outcome
 
 __all__ = [
     "AuditEntry",
@@ -35,27 +40,29 @@ __all__ = [
     "Store",
 ]
 
+_HOME = {
+    "AuditEntry": "jobs",
+    "Claim": "claims",
+    "Claimed": "claims",
+    "ClusterRepository": "cluster",
+    "Database": "db",
+    "FINAL_STATUSES": "reads",
+    "InstanceRow": "cluster",
+    "JobRow": "reads",
+    "LeaseRow": "cluster",
+    "Outcome": "runs",
+    "Owner": "claims",
+    "RUN_STATUSES": "reads",
+    "RunBrief": "history",
+    "RunRow": "reads",
+    "Store": "bundle",
+}
 
-class Store:
-    def __init__(self, url: str) -> None:
-        self.db = Database(url)
-        self.jobs = JobRepository(self.db)
-        self.runs = RunRepository(self.db)
-        self.cluster = ClusterRepository(self.db)
-        self.incidents = IncidentRepository(self.db)
-        self.outbox = OutboxRepository(self.db)
-        self.runfacts = RunFactsRepository(self.db)
 
-    @property
-    def safe_url(self) -> str:
-        return self.db.safe_url
-
-    @property
-    def is_sqlite(self) -> bool:
-        return self.db.is_sqlite
-
-    def upgrade(self) -> None:
-        self.db.upgrade()
-
-    def dispose(self) -> None:
-        self.db.dispose()
+def __getattr__(name: str) -> Any:
+    home = _HOME.get(name)
+    if home is None:  # a submodule's name: `from scheduler.store import bulk` imports it
+        raise AttributeError(f"module 'scheduler.store' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"scheduler.store.{home}"), name)
+    globals()[name] = value
+    return value

@@ -40,6 +40,7 @@ class Claim:
     trigger: str = "schedule"  # schedule | catchup | manual
     status: str = "running"  # running (run it) | queued (run later) | skipped | missed
     overlap: str = "skip"  # the job's overlap policy, applied here (see `_overlap`): skip | queue
+    early: bool = False  # claimed ahead of its slot: left unclaimed (not skipped) if the job is busy
 
 
 @dataclass(frozen=True)
@@ -114,6 +115,8 @@ class RunClaims:
             waiting = self._with_queued(conn, [c.job for c in claims if c.overlap == "queue"])
             rows = []
             for c in claims:
+                if c.early and c.job in busy:
+                    left.add(c.job)  # decided at the slot itself, when the run may have ended
                 if c.job in left:
                     continue
                 status = _overlap(c, busy, waiting)

@@ -9,7 +9,8 @@ from typing import Any
 import sqlalchemy as sa
 
 from scheduler.store.db import Database, upsert_insert
-from scheduler.store.schema import fields_of, instances, leases
+from scheduler.store.reads import fields_of
+from scheduler.store.schema import instances, leases
 
 LEADER = "leader"
 
@@ -47,7 +48,7 @@ class InstanceRow:
 
     @classmethod
     def from_row(cls, row: sa.Row[Any]) -> InstanceRow:
-        return cls(**fields_of(row, cls))
+        return cls(**fields_of(row._mapping, cls))
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from sqlalchemy import event, exc
 
 from scheduler import writable
 from scheduler.config import redact_url
-from scheduler.errors import StoreError, StoreUnavailable
+from scheduler.errors import StoreError, StoreUnavailable, first_line
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ class Database:
                 },
             )
         if self.file is not None:
-            _writable_folder(self.file.parent)
+            writable.database_folder(self.file.parent)
         engine = sa.create_engine(self.url, connect_args={"timeout": busy_timeout_ms / 1000})
 
         @event.listens_for(engine, "connect")
@@ -185,20 +185,6 @@ class Database:
                 command.upgrade(cfg, "head")
 
 
-def _writable_folder(folder: Path) -> None:
-    """Create the database's folder; SQLite writes its -wal and -shm files beside the database.
-
-    Raises StoreError naming the folder if it cannot be created or written.
-    """
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise StoreError(f"database folder {folder}: cannot create it: {exc.strerror or exc}") from None
-    why = writable.problem(folder)
-    if why is not None:
-        raise StoreError(f"database folder {folder}: {why}")
-
-
 def upsert_insert(dialect: str, table: sa.Table) -> Any:
     """An INSERT that takes ON CONFLICT clauses, on PostgreSQL or SQLite."""
     if dialect == "postgresql":
@@ -247,12 +233,7 @@ def translate_errors(safe_url: str) -> Iterator[None]:
             or isinstance(error, exc.OperationalError | exc.InterfaceError)
             or code.startswith(_TRANSIENT_SQLSTATES)
         )
-        reason = _first_line(error.orig)
+        reason = first_line(error.orig)
         if transient:
             raise StoreUnavailable(f"database unavailable: {reason}") from None
         raise StoreError(f"database error: {reason}") from None
-
-
-def _first_line(error: BaseException | None) -> str:
-    text = str(error or "").strip().splitlines()
-    return text[0] if text else type(error).__name__

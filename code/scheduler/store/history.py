@@ -5,62 +5,44 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 
 from scheduler.errors import NotFoundError
+from scheduler.store import reads
 from scheduler.store.db import Database
-from scheduler.store.schema import as_utc, fields_of, runs
+from scheduler.store.reads import RunRow as RunRow  # its home; imported from here too
+from scheduler.store.reads import Timed, instant
+from scheduler.store.schema import as_utc, runs
 
 
-class _Timed:
-    """The duration of a run that has started and ended, for RunRow and RunBrief."""
+class LatestTimes(NamedTuple):
+    """A job's latest times as stored (SQLite's text, PostgreSQL's datetimes), decoded when read.
 
-    started_at: datetime | None
-    finished_at: datetime | None
+    Equal if stored equal: a metrics scrape compares them with the previous
+    scrape's and decodes only the ones that changed.
+    """
+
+    slot: datetime | str | None  # the latest scheduled (not manual) slot
+    ended: datetime | str | None  # when the latest run ended
+    succeeded: datetime | str | None  # when the latest successful run ended
 
     @property
-    def duration_seconds(self) -> float | None:
-        if self.started_at is None or self.finished_at is None:
-            return None
-        return (self.finished_at - self.started_at).total_seconds()
+    def slot_at(self) -> datetime | None:
+        return instant(self.slot) if self.slot is not None else None
+
+    @property
+    def ended_at(self) -> datetime | None:
+        return instant(self.ended) if self.ended is not None else None
+
+    @property
+    def succeeded_at(self) -> datetime | None:
+        return instant(self.succeeded) if self.succeeded is not None else None
 
 
 @dataclass(frozen=True)
-class RunRow(_Timed):
-    id: int
-    job: str
-    scheduled_for: datetime
-    trigger: str
-    status: str
-    attempt: int
-    owner: str | None
-    fence: int
-    host: str | None
-    pid: int | None
-    started_at: datetime | None
-    finished_at: datetime | None
-    error_type: str | None
-    error_message: str | None
-    error_traceback: str | None
-    log: str | None
-    log_truncated: bool
-    lease_expires_at: datetime | None
-
-    @property
-    def lateness_seconds(self) -> float | None:
-        if self.started_at is None or self.trigger == "manual":
-            return None
-        return (self.started_at - self.scheduled_for).total_seconds()
-
-    @classmethod
-    def from_row(cls, row: sa.Row[Any]) -> RunRow:
-        return cls(**fields_of(row, cls))
-
-
-@dataclass(frozen=True)
-class RunBrief(_Timed):
+class RunBrief(Timed):
     """A run without its log and error text: what a status strip or a duration chart needs."""
 
     id: int
@@ -81,6 +63,23 @@ _BRIEF = (
     runs.c.started_at,
     runs.c.finished_at,
 )
+
+
+# The reads the CLI also runs without SQLAlchemy: their text is in `reads`, typed here by the table.
+_LAST_SLOTS = sa.text(reads.LAST_SLOTS).columns(runs.c.job, runs.c.scheduled_for)
+_BY_ID = sa.text(reads.RUN_BY_ID).columns(*runs.c)
+_LATEST_PER_JOB = sa.text(reads.LATEST_PER_JOB).columns(*runs.c)
+# Untyped: the values stay as stored until read (`LatestTimes`).
+_LATEST_TIMES = sa.text(
+    "SELECT runs.job, max(CASE WHEN runs.\"trigger\" != 'manual' THEN runs.scheduled_for END),"
+    " max(runs.finished_at), max(CASE WHEN runs.status = 'succeeded' THEN runs.finished_at END)"
+    " FROM runs GROUP BY runs.job"
+)
+_HISTORY = {
+    (job, status): sa.text(reads.history_sql(job, status)).columns(*runs.c)
+    for job in (False, True)
+    for status in (False, True)
+}
 
 
 def _brief(row: Any) -> RunBrief:
@@ -105,36 +104,26 @@ class RunReads:
     def last_slots(self) -> dict[str, datetime]:
         """The latest scheduled (not manual) slot recorded per job."""
         with self.db.read() as conn:
-            query = (
-                sa.select(runs.c.job, sa.func.max(runs.c.scheduled_for))
-                .where(runs.c.trigger != "manual")
-                .group_by(runs.c.job)
-            )
-            return {job: as_utc(at) for job, at in conn.execute(query)}
+            return {job: as_utc(at) for job, at in conn.execute(_LAST_SLOTS)}
 
     def get(self, run_id: int) -> RunRow:
         """Raises NotFoundError."""
         with self.db.read() as conn:
-            row = conn.execute(sa.select(runs).where(runs.c.id == run_id)).first()
+            row = conn.execute(_BY_ID, {"id": run_id}).first()
         if row is None:
             raise NotFoundError(f"no run with id {run_id}")
         return RunRow.from_row(row)
 
     def history(self, job: str | None = None, status: str | None = None, limit: int = 50) -> list[RunRow]:
-        query = sa.select(runs).order_by(runs.c.scheduled_for.desc(), runs.c.id.desc()).limit(limit)
-        if job is not None:
-            query = query.where(runs.c.job == job)
-        if status is not None:
-            query = query.where(runs.c.status == status)
+        query = _HISTORY[job is not None, status is not None]
         with self.db.read() as conn:
-            return [RunRow.from_row(r) for r in conn.execute(query)]
+            found = conn.execute(query, {"job": job, "status": status, "limit": limit})
+            return [RunRow.from_row(r) for r in found]
 
     def latest_per_job(self) -> dict[str, RunRow]:
         """Each job's most recent run row (by slot)."""
-        latest = sa.select(runs.c.job, sa.func.max(runs.c.id).label("id")).group_by(runs.c.job).subquery()
         with self.db.read() as conn:
-            rows = conn.execute(sa.select(runs).join(latest, runs.c.id == latest.c.id))
-            return {r.job: RunRow.from_row(r) for r in rows}
+            return {r.job: RunRow.from_row(r) for r in conn.execute(_LATEST_PER_JOB)}
 
     def latest_briefs(self) -> dict[str, RunBrief]:
         """Each job's most recent run (highest id), without log or error text."""
@@ -157,19 +146,14 @@ class RunReads:
                 found[row.job].append(_brief(row))
         return found
 
-    def finish_times(self) -> dict[str, tuple[datetime | None, datetime | None]]:
-        """Per job: when its latest run ended, and when its latest successful run ended."""
-        succeeded = sa.case((runs.c.status == "succeeded", runs.c.finished_at))
-        query = sa.select(runs.c.job, sa.func.max(runs.c.finished_at), sa.func.max(succeeded)).group_by(
-            runs.c.job
-        )
+    def latest_times(self) -> dict[str, LatestTimes]:
+        """Per job with runs, in one pass: its latest scheduled (not manual) slot, when its latest run
+        ended and when its latest successful run ended (each None if it has none)."""
         with self.db.read() as conn:
-            return {
-                job: (as_utc(last) if last else None, as_utc(ok) if ok else None)
-                for job, last, ok in conn.execute(query)
-            }
+            return {job: LatestTimes(*times) for job, *times in conn.execute(_LATEST_TIMES)}
 
-    def count_by_status(self) -> dict[tuple[str, str], int]:
+    def status_counts(self) -> dict[str, int]:
+        """Run rows kept, by status."""
         with self.db.read() as conn:
-            query = sa.select(runs.c.job, runs.c.status, sa.func.count()).group_by(runs.c.job, runs.c.status)
-            return {(job, status): int(n) for job, status, n in conn.execute(query)}
+            query = sa.select(runs.c.status, sa.func.count()).group_by(runs.c.status)
+            return {status: int(n) for status, n in conn.execute(query)}

@@ -17,7 +17,8 @@ import sqlalchemy as sa
 
 from scheduler.store.db import Database, upsert_insert
 from scheduler.store.outbox import insert_notice
-from scheduler.store.schema import fields_of, incidents
+from scheduler.store.reads import fields_of
+from scheduler.store.schema import incidents
 
 Payload = dict[str, Any] | None  # None: Slack is not configured, queue nothing
 
@@ -40,7 +41,7 @@ class IncidentRow:
 
     @classmethod
     def from_row(cls, row: sa.Row[Any]) -> IncidentRow:
-        values = fields_of(row, cls)
+        values = fields_of(row._mapping, cls)
         values["details"] = dict(values["details"] or {})
         return cls(**values)
 

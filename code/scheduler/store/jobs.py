@@ -10,12 +10,18 @@ from typing import Any, Protocol
 import sqlalchemy as sa
 
 from scheduler.errors import NotFoundError
+from scheduler.store import reads
 from scheduler.store.db import Database, upsert_insert
-from scheduler.store.schema import audit, fields_of, jobs
+from scheduler.store.reads import JobRow as JobRow  # its home; imported from here too
+from scheduler.store.schema import audit, jobs
 
 # Overrides written by one instance are read by others through `changed_since`;
 # the overlap absorbs commits that land slightly out of timestamp order.
 CHANGE_OVERLAP = timedelta(seconds=5)
+
+# The reads the CLI also runs without SQLAlchemy: their text is in `reads`, typed here by the table.
+_ALL = sa.text(reads.JOBS_ALL).columns(*jobs.c)
+_BY_NAME = sa.text(reads.JOB_BY_NAME).columns(*jobs.c)
 
 
 class Declared(Protocol):
@@ -27,34 +33,6 @@ class Declared(Protocol):
     def definition(self) -> dict[str, Any]: ...
 
     def describe(self) -> str: ...
-
-
-@dataclass(frozen=True)
-class JobRow:
-    """A job as stored; `scheduler.jobs.effective` says when it runs next."""
-
-    name: str
-    definition: dict[str, Any]
-    schedule_text: str
-    anchor_at: datetime
-    defined_at: datetime
-    updated_at: datetime
-    loaded_at: datetime | None
-    paused: bool
-    override_interval_seconds: float | None
-    override_cron: str | None
-    override_timezone: str | None
-    changed_by: str | None
-    changed_at: datetime | None
-
-    @property
-    def overridden(self) -> bool:
-        return self.override_interval_seconds is not None or self.override_cron is not None
-
-    @classmethod
-    def from_row(cls, row: sa.Row[Any]) -> JobRow:
-        values = fields_of(row, cls, schedule_text="schedule")
-        return cls(**values | {"definition": dict(values["definition"]), "paused": bool(values["paused"])})
 
 
 @dataclass(frozen=True)
@@ -113,7 +91,12 @@ class JobRepository:
 
     def all(self) -> list[JobRow]:
         with self.db.read() as conn:
-            return [JobRow.from_row(r) for r in conn.execute(sa.select(jobs).order_by(jobs.c.name))]
+            return [JobRow.from_row(r) for r in conn.execute(_ALL)]
+
+    def names(self) -> set[str]:
+        """The names of every job in the database (no definitions decoded)."""
+        with self.db.read() as conn:
+            return set(conn.execute(sa.select(jobs.c.name)).scalars())
 
     def count(self) -> int:
         with self.db.read() as conn:
@@ -122,7 +105,7 @@ class JobRepository:
     def get(self, name: str) -> JobRow:
         """Raises NotFoundError naming the job."""
         with self.db.read() as conn:
-            row = conn.execute(sa.select(jobs).where(jobs.c.name == name)).first()
+            row = conn.execute(_BY_NAME, {"name": name}).first()
         if row is None:
             raise NotFoundError(f"no job named {name!r}")
         return JobRow.from_row(row)

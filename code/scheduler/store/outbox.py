@@ -19,7 +19,8 @@ from typing import Any
 import sqlalchemy as sa
 
 from scheduler.store.db import Database
-from scheduler.store.schema import fields_of, incidents, outbox
+from scheduler.store.reads import fields_of
+from scheduler.store.schema import incidents, outbox
 
 # Events that refer to the incident's opening message: a reply in its thread, or an edit of it.
 THREADED = ("recover", "update")
@@ -43,7 +44,7 @@ class OutboxRow:
 
     @classmethod
     def from_row(cls, row: sa.Row[Any]) -> OutboxRow:
-        values = fields_of(row, cls)
+        values = fields_of(row._mapping, cls)
         values["payload"] = dict(values["payload"])
         return cls(**values)
 

@@ -29,7 +29,8 @@ DIED_WHILE_RUNNING = "died while running it"  # ends the error text of a run its
 
 @dataclass(frozen=True)
 class Outcome:
-    """The end of a run, as the worker reports it."""
+    """The end of a run, as the worker reports it. Status `queued`: a run that never began,
+    handed back (its row is queued again, for any instance to take)."""
 
     run_id: int
     fence: int

@@ -12,25 +12,14 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Dialect
 
+# Their home is `reads` (which the CLI imports without SQLAlchemy); imported from here too.
+from scheduler.store.reads import FINAL_STATUSES as FINAL_STATUSES
+from scheduler.store.reads import RUN_STATUSES as RUN_STATUSES
+from scheduler.store.reads import as_utc as as_utc
+
 metadata = sa.MetaData()
 
 BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
-
-# Every status a run row can have; a run in one of the FINAL_STATUSES has ended.
-RUN_STATUSES = ("queued", "running", "succeeded", "failed", "timed_out", "skipped", "missed", "abandoned")
-FINAL_STATUSES = RUN_STATUSES[2:]
-
-
-def as_utc(at: datetime) -> datetime:
-    """A datetime read outside a UTCDateTime column (an aggregate), as tz-aware UTC."""
-    return at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
-
-
-def fields_of(row: sa.Row[Any], cls: type[Any], **columns: str) -> dict[str, Any]:
-    """A row's values for the fields of the dataclass `cls`, each read from the column of its
-    name, or from the one given as field="column"."""
-    m = row._mapping
-    return {name: m[columns.get(name, name)] for name in cls.__dataclass_fields__}
 
 
 class UTCDateTime(sa.TypeDecorator[datetime]):
