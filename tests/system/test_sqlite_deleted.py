@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -13,15 +12,10 @@ import pytest
 from scheduler.errors import StoreUnavailable
 from scheduler.store import Store
 
+from tests.support.ports import free_port
 from tests.support.sandbox import Sandbox, wait_until
 
 pytestmark = pytest.mark.system
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def healthz(port: int) -> tuple[int, dict[str, object]]:
