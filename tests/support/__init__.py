@@ -6,6 +6,7 @@
 - `supervisord`: the supervisord template rendered and parsed as supervisord reads it.
 - `polling`: `wait_until(predicate, timeout)`.
 - `ports`: `free_port()`, a port on 127.0.0.1 nothing listens on.
+- `watchdog`: the settings, caught-up Health, job definitions and pass the FakeClock watchdog tests share.
 - `wsgi`: `call(app, method, path, ...)`: one request to a WSGI app in-process.
 
 Test modules import from here, never from one another.
