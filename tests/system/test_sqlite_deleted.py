@@ -51,12 +51,12 @@ def test_deleting_the_sqlite_file_makes_the_daemon_unhealthy_and_opens_the_datab
 def test_store_refuses_reads_and_writes_once_its_sqlite_file_was_replaced(tmp_path: Path) -> None:
     store = Store(f"sqlite:///{tmp_path / 'scheduler.db'}")
     store.upgrade()
-    store.db.ping()  # the file as first opened: fine
+    assert store.jobs.count() == 0  # the file as first opened: fine
     (tmp_path / "scheduler.db").rename(tmp_path / "moved.db")
     (tmp_path / "scheduler.db").write_bytes((tmp_path / "moved.db").read_bytes())
     try:
         with pytest.raises(StoreUnavailable, match="was deleted or replaced while in use"):
-            store.db.ping()
+            store.jobs.count()
         with pytest.raises(StoreUnavailable, match="was deleted or replaced while in use"):
             store.upgrade()
     finally:
