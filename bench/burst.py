@@ -53,7 +53,8 @@ DEFAULTS: dict[str, Any] = {
     "log_level": "INFO",
     "pool_size": 8,
     "drain_wait": 20.0,  # most seconds waited after the last slot for its rows to be written
-    # py-spy over the last observed slot: {"out": "prefix", "seconds": 6, "flags": ["--gil"]}.
+    # py-spy over the last observed slot: {"out": "prefix", "seconds": 6, "flags": ["--gil"]},
+    # from "from" seconds after the slot (default -0.3).
     # Writes prefix-iN.txt (raw folded stacks) per instance. Off by default: it slows the daemon.
     "profile": None,
 }
@@ -174,7 +175,7 @@ def _profile(
     """Record each instance with py-spy from just before `slot` (see DEFAULTS["profile"])."""
 
     def record(k: int, pid: int) -> None:
-        _sleep_until(slot - 0.3)
+        _sleep_until(slot + spec.get("from", -0.3))
         cmd = [
             str(Path(sys.executable).parent / "py-spy"),
             "record",
