@@ -53,6 +53,10 @@ DEFAULTS: dict[str, Any] = {
     "log_level": "INFO",
     "pool_size": 8,
     "drain_wait": 20.0,  # most seconds waited after the last slot for its rows to be written
+    # py-spy over the last observed slot: {"out": "prefix", "seconds": 6, "flags": ["--gil"]},
+    # from "from" seconds after the slot (default -0.3).
+    # Writes prefix-iN.txt (raw folded stacks) per instance. Off by default: it slows the daemon.
+    "profile": None,
 }
 
 
@@ -146,7 +150,10 @@ def _ours(p: dict[str, Any], base: Path, url: str, sink: Path) -> tuple[list[flo
         ready = time.time()
         first = first_slot(interval, ready + p["lead"])
         slots = [first + k * interval for k in range(p["slots"])]
+        spies = _profile(procs, slots[-1], p["profile"]) if p["profile"] else []
         quiet = _quiet_cpu(procs, slots, interval, p)
+        for spy in spies:
+            spy.join()
         _wait_written(url, slots, p["jobs"], p["drain_wait"])
     finally:
         watcher.stop()
@@ -160,6 +167,32 @@ def _ours(p: dict[str, Any], base: Path, url: str, sink: Path) -> tuple[list[flo
         "peak_rss_mb": watcher.peak_rss_mb,
         "max_heartbeat_gap_s": watcher.max_gap,
     }
+
+
+def _profile(
+    procs: list[subprocess.Popen[bytes]], slot: float, spec: dict[str, Any]
+) -> list[threading.Thread]:
+    """Record each instance with py-spy from just before `slot` (see DEFAULTS["profile"])."""
+
+    def record(k: int, pid: int) -> None:
+        _sleep_until(slot + spec.get("from", -0.3))
+        cmd = [
+            str(Path(sys.executable).parent / "py-spy"),
+            "record",
+            "-p",
+            str(pid),
+            "-d",
+            str(spec.get("seconds", 6)),
+            "-r",
+            "100",
+        ]
+        cmd += ["-f", "raw", "-o", f"{spec['out']}-i{k}.txt", *spec.get("flags", [])]
+        subprocess.run(cmd, capture_output=True, check=False)
+
+    spies = [threading.Thread(target=record, args=(k, proc.pid)) for k, proc in enumerate(procs)]
+    for spy in spies:
+        spy.start()
+    return spies
 
 
 def _quiet_cpu(

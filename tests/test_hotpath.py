@@ -22,7 +22,7 @@ from scheduler.engine.dispatcher import CLAIM_CHUNK, DEFER_LIMIT, Dispatcher
 from scheduler.engine.recorder import Recorder
 from scheduler.engine.runner import Runner
 from scheduler.jobs.registry import JobSpec, make_spec
-from scheduler.store import Claim, Outcome, Owner, Store
+from scheduler.store import Claim, Claimed, Outcome, Owner, Store
 from scheduler.store.schema import jobs, runs
 
 from tests.support.polling import wait_until
@@ -36,7 +36,13 @@ class Harness:
     """A dispatcher with a runner of `threads` threads and a recorder writing ends in batches."""
 
     def __init__(
-        self, url: str, tmp_path: Path, clock: FakeClock, threads: int = 4, start: bool = True
+        self,
+        url: str,
+        tmp_path: Path,
+        clock: FakeClock,
+        threads: int = 4,
+        start: bool = True,
+        claim_ahead: timedelta = timedelta(0),
     ) -> None:
         self.clock = clock
         self.store = Store(url)
@@ -62,6 +68,7 @@ class Harness:
             Health(clock),
             threads,
             unwritten=self.recorder.pending_runs,
+            claim_ahead=claim_ahead,
         )
 
     def _write(self, outcomes: Sequence[Outcome]) -> list[int]:
@@ -306,3 +313,164 @@ def test_renewing_many_runs_renews_exactly_the_ids_given_not_an_unknown_one_betw
     leases = {r.id: r.lease_expires_at for r in store.runs.history(limit=100)}
     assert leases[unknown] == now + timedelta(seconds=10)
     assert all(leases[i] == later for i in ids if i != unknown)
+
+
+# -- claiming ahead: a burst's claims are written before its instant ---------------------------
+
+
+AHEAD = timedelta(seconds=2)
+
+
+def test_a_slot_is_claimed_ahead_of_its_instant_and_its_run_begins_at_the_instant(
+    db_url: str, tmp_path: Path, clock: FakeClock
+) -> None:
+    began: list[datetime] = []
+    h = Harness(db_url, tmp_path, clock, claim_ahead=AHEAD)
+    try:
+        h.load(every("ahead.job", 30, lambda: began.append(clock.now())))
+        clock.advance(timedelta(seconds=1))
+        (first,) = h.dispatcher.tick(clock.now())  # the first slot, on time
+        assert h.runner.wait_idle(WAIT)
+        slot = first.scheduled_for + timedelta(seconds=30)
+        clock.advance(slot - AHEAD - timedelta(seconds=0.5) - clock.now())
+        assert h.dispatcher.tick(clock.now()) == []  # not yet within claim_ahead
+        clock.advance(timedelta(seconds=1))
+        (ahead,) = h.dispatcher.tick(clock.now())
+        assert (ahead.scheduled_for, ahead.status) == (slot, "running")
+        row = h.store.runs.get(ahead.run_id)
+        assert row.status == "running" and row.started_at is None  # written before the instant
+        assert h.runner.waiting_ids() == {ahead.run_id} and h.runner.next_release() == slot
+        assert h.dispatcher.next_due() == slot  # the loop wakes at the instant to release it
+        assert len(began) == 1
+        clock.advance(slot - clock.now())
+        assert h.dispatcher.tick(clock.now()) == []  # released: nothing new to claim
+        assert h.runner.wait_idle(WAIT)
+        assert began[-1] == slot
+        wait_until(lambda: h.statuses() == {"succeeded": 2}, WAIT)
+        assert h.store.runs.get(ahead.run_id).started_at == slot
+    finally:
+        h.close()
+
+
+def test_a_slot_ahead_of_a_job_executing_elsewhere_is_left_and_decided_at_its_instant(
+    db_url: str, tmp_path: Path, clock: FakeClock
+) -> None:
+    h = Harness(db_url, tmp_path, clock, claim_ahead=AHEAD)
+    try:
+        h.load(every("busy.job", 30))
+        clock.advance(timedelta(seconds=1))
+        (first,) = h.dispatcher.tick(clock.now())
+        assert h.runner.wait_idle(WAIT)
+        assert h.recorder.flush_once()
+        slot = first.scheduled_for + timedelta(seconds=30)
+        clock.advance(slot - timedelta(seconds=5) - clock.now())
+        (peer,) = h.store.runs.claim([Claim("busy.job", clock.now())], PEER, clock.now(), slot + AHEAD)
+        h.store.runs.mark_started([(peer.run_id, peer.fence, clock.now())])  # executing on the peer
+        clock.advance(timedelta(seconds=3.5))  # within claim_ahead of the slot
+        assert h.dispatcher.tick(clock.now()) == []  # busy: not claimed ahead, and not skipped yet
+        assert [r.scheduled_for for r in h.store.runs.history(job="busy.job", limit=5)] == [
+            peer.scheduled_for,
+            first.scheduled_for,
+        ]
+        clock.advance(slot - clock.now())
+        (won,) = h.dispatcher.tick(clock.now())  # decided at the instant: still busy
+        assert (won.scheduled_for, won.status) == (slot, "skipped")
+    finally:
+        h.close()
+
+
+def _claimed(run_id: int, spec: JobSpec, slot: datetime) -> Claimed:
+    return Claimed(run_id, spec.name, slot, "running", 1, "schedule")
+
+
+@pytest.mark.parametrize("overlap", ["skip", "queue"])
+def test_a_run_released_while_its_job_executes_here_is_skipped_or_waits_for_that_run(
+    clock: FakeClock, overlap: str
+) -> None:
+    outcomes: list[Outcome] = []
+    release, stop = threading.Event(), threading.Event()
+    lock, executing, most = threading.Lock(), [0], [0]
+
+    def body() -> None:
+        with lock:
+            executing[0] += 1
+            most[0] = max(most[0], executing[0])
+        release.wait(WAIT)
+        with lock:
+            executing[0] -= 1
+
+    runner = Runner(clock, 2, 64 * 1024, outcomes.append, lambda c, a: None, stop)
+    try:
+        spec = every("lap.job", 30, body, overlap=overlap)
+        now = clock.now()
+        runner.start_many([(_claimed(1, spec, now), spec)])
+        wait_until(lambda: runner.executing() == 1)
+        runner.start_many([(_claimed(2, spec, now + timedelta(seconds=30)), spec)])  # claimed ahead
+        assert runner.waiting_ids() == {2}
+        clock.advance(timedelta(seconds=30))
+        runner.release(clock.now())
+        if overlap == "skip":
+            wait_until(lambda: [o.run_id for o in outcomes] == [2])
+            assert (outcomes[0].status, outcomes[0].started_at) == ("skipped", None)
+        else:
+            assert outcomes == [] and runner.waiting_ids() == {2}  # waits for run 1 to end
+        release.set()
+        assert runner.wait_idle(WAIT)
+        statuses = {o.run_id: o.status for o in outcomes}
+        assert statuses == {1: "succeeded", 2: "skipped" if overlap == "skip" else "succeeded"}
+        assert most[0] == 1  # never two runs of the job at once
+    finally:
+        release.set()
+        runner.shutdown()
+
+
+def test_a_run_still_waiting_for_a_thread_is_overtaken_when_the_next_slot_is_released(
+    clock: FakeClock,
+) -> None:
+    outcomes: list[Outcome] = []
+    release, stop = threading.Event(), threading.Event()
+    runner = Runner(clock, 1, 64 * 1024, outcomes.append, lambda c, a: None, stop)
+    try:
+        hold, quick = every("hold.job", 60, lambda: release.wait(WAIT)), every("quick.job", 10)
+        now = clock.now()
+        runner.start_many([(_claimed(1, hold, now), hold)])
+        wait_until(lambda: runner.executing() == 1)  # the only thread
+        runner.start_many([(_claimed(2, quick, now), quick)])  # waits for the thread
+        runner.start_many([(_claimed(3, quick, now + timedelta(seconds=10)), quick)])  # claimed ahead
+        clock.advance(timedelta(seconds=10))
+        assert runner.release(clock.now()) == 1
+        (missed,) = outcomes
+        assert (missed.run_id, missed.status) == (2, "missed")
+        assert (missed.error_message or "").startswith("overloaded: slot ")
+        release.set()
+        assert runner.wait_idle(WAIT)
+        assert {o.run_id: o.status for o in outcomes} == {1: "succeeded", 2: "missed", 3: "succeeded"}
+    finally:
+        release.set()
+        runner.shutdown()
+
+
+def test_runs_claimed_ahead_are_handed_back_at_shutdown_and_a_peer_takes_them(
+    db_url: str, tmp_path: Path, clock: FakeClock
+) -> None:
+    h = Harness(db_url, tmp_path, clock, claim_ahead=AHEAD)
+    try:
+        h.load(every("later.job", 30))
+        clock.advance(timedelta(seconds=1))
+        (first,) = h.dispatcher.tick(clock.now())
+        assert h.runner.wait_idle(WAIT)
+        slot = first.scheduled_for + timedelta(seconds=30)
+        clock.advance(slot - timedelta(seconds=1) - clock.now())
+        (ahead,) = h.dispatcher.tick(clock.now())
+        assert h.runner.backlogged()
+        h.runner.cancel_all()  # shutting down before the slot
+        assert h.runner.wait_idle(WAIT) and not h.runner.backlogged()
+        assert h.recorder.flush_once()
+        row = h.store.runs.get(ahead.run_id)
+        assert (row.status, row.started_at, row.finished_at) == ("queued", None, None)
+        clock.advance(timedelta(seconds=1))  # the slot
+        (taken,) = h.store.runs.take_queued(["later.job"], PEER, clock.now(), clock.now() + AHEAD)
+        assert (taken.run_id, taken.status, taken.attempt) == (ahead.run_id, "running", 1)
+        assert h.runner.release(clock.now()) == 0  # nothing of it is left here
+    finally:
+        h.close()

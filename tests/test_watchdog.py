@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from scheduler.alerting.findings import grace_for, lateness
 from scheduler.alerting.record import Finding
-from scheduler.alerting.watchdog import Watchdog, plan
+from scheduler.alerting.watchdog import BURST_DEFER, Watchdog, plan
 from scheduler.clock import FakeClock
 from scheduler.cluster.health import Health
 from scheduler.config import Settings
@@ -754,3 +754,35 @@ def test_run_facts_behind_a_long_run_of_skipped_slots_are_still_found(store: Sto
     assert activity.last_started == {"facts.job": start}  # the run's start
     assert [(r.id, r.status) for r in activity.outcomes["facts.job"]] == [(won[0].run_id, "failed")]
     assert activity.outcomes["quiet.job"] == [] and activity.outcomes["never.job"] == []
+
+
+def test_a_pass_due_while_a_burst_drains_here_waits_for_it_but_not_past_a_limit(
+    store: Store, clock: FakeClock
+) -> None:
+    """The loop's time is the fake clock's: each wait moves it on, so the loop runs at full speed."""
+    config = settings()
+    bursting = [True]
+    passes: list[float] = []
+    stop = threading.Event()
+    wd = Watchdog(store, clock, config, Health(clock), worker="inst-a", bursting=lambda: bursting[0])
+
+    def step(now: datetime) -> str:
+        passes.append(clock.monotonic())
+        if len(passes) == 2:
+            bursting[0] = False  # the burst has drained
+        if len(passes) == 3:
+            stop.set()
+        return ""
+
+    wd.step = step  # type: ignore[method-assign]
+    born = clock.monotonic()
+    loop = threading.Thread(target=wd.run, args=(stop,))
+    loop.start()
+    loop.join(30)
+    stop.set()
+    assert not loop.is_alive()
+    interval = config.watchdog_interval.total_seconds()
+    first, second, third = (p - born for p in passes)
+    assert BURST_DEFER <= first < BURST_DEFER + 0.5  # held back while runs wait, up to the limit
+    assert interval + BURST_DEFER <= second - first < interval + BURST_DEFER + 0.5  # still draining
+    assert interval <= third - second <= interval + 1.0  # no burst: on time

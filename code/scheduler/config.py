@@ -47,6 +47,7 @@ class Settings:
     retention: timedelta = timedelta(days=30)
     max_log_bytes: int = 64 * 1024
     catchup_limit: int = 100
+    claim_ahead: timedelta = timedelta(seconds=2)  # slots claimed this long before they are due
     instance_name: str = socket.gethostname()
     http_enabled: bool = False
     http_host: str = "127.0.0.1"
@@ -262,6 +263,8 @@ def _check(s: Settings) -> None:
     for name in ("grace_period", "settle_time", "retention", "db_alert_after", "realert_after"):
         if getattr(s, name) < timedelta(0):
             fail(name, "must not be negative")
+    if s.claim_ahead < timedelta(0):
+        fail("claim_ahead", "must not be negative")
     # A lease must survive two missed heartbeats, or a busy instance loses its runs.
     if s.lease_ttl < 3 * s.heartbeat:
         fail("lease_ttl", f"must be at least 3 x heartbeat ({3 * s.heartbeat.total_seconds():g}s)")

@@ -51,14 +51,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str] | None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     try:
         settings = config_module.load(flags=_flags(args), config_file=args.config)
-    except ConfigError as exc:
-        print(f"config: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
-    try:
         return int(args.handler(settings, args))
     except ConfigError as exc:
         print(f"config: {exc}", file=sys.stderr)

@@ -360,7 +360,9 @@ def test_a_running_run_shows_its_elapsed_time_and_a_live_log_tail(
     served: tuple[Sandbox, str], chromium: DevTools
 ) -> None:
     box, base = served
-    running = wait_until(lambda: [r for r in box.runs("reports.slow_export") if r.status == "running"], 20)
+    running = wait_until(
+        lambda: [r for r in box.runs("reports.slow_export") if r.status == "running" and r.started_at], 20
+    )
     url = f"{base}/runs/{running[0].id}"
     chromium.open(url, "document.querySelector('#elapsed') && document.getElementById('run-log')", DESKTOP)
     assert chromium.evaluate("document.getElementById('run-log').dataset.live") == "1"

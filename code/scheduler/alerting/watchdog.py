@@ -45,7 +45,7 @@ from scheduler.alerting.findings import (
     span,
 )
 from scheduler.alerting.outbox import OutboxSender
-from scheduler.alerting.record import Finding
+from scheduler.alerting.record import KINDS, Finding
 from scheduler.alerting.slack import Notifier, build_payload, make_notifier
 from scheduler.alerting.spool import LocalOutbox, SpooledNotice
 from scheduler.clock import Clock
@@ -57,19 +57,15 @@ from scheduler.store.incidents import IncidentRow, Opening
 
 log = logging.getLogger(__name__)
 
-JOB_KINDS = (
-    "delayed",
-    "inactive",
-    "late",
-    "failing",
-    "skipping",
-    "overrunning",
-    "broken",
-    "overloaded",
-    "crashed",
-    "paused",
-)
+# The kinds check_jobs decides: every kind but those with a pass of their own (check_instances,
+# check_database) and the notify-test message, which is never an incident.
+JOB_KINDS = tuple(k for k in KINDS if k not in ("instance", "database", "test"))
 LOOP_WAIT = 1.0
+# While a burst of runs drains here, a due pass waits (looking every BURST_WAIT) for up to
+# BURST_DEFER: it would read every run the burst changes while they are still being written,
+# and its GIL time comes out of the burst's starts.
+BURST_WAIT = 0.1
+BURST_DEFER = 10.0
 OVERLOAD_WINDOW = timedelta(minutes=5)  # an instance stays "overloaded" this long after its last lost slot
 CRASH_WINDOW = timedelta(minutes=15)  # a host stays "crashed" this long after a daemon death was found
 TEXT_UPDATED_AT = "text_updated_at"  # in an incident's details: when its text was last replaced
@@ -146,8 +142,10 @@ class Watchdog:
         *,
         worker: str = "",
         leading: Callable[[], bool] = lambda: True,
+        bursting: Callable[[], bool] = lambda: False,
     ) -> None:
         self.store = store
+        self.bursting = bursting  # runs wait here for a thread or for their slot
         self.clock = clock
         self.settings = settings
         self.health = health
@@ -360,8 +358,12 @@ class Watchdog:
         interval = self.settings.watchdog_interval.total_seconds()
         next_check = self.clock.monotonic()
         while not stop.is_set():
+            mono = self.clock.monotonic()
+            if next_check <= mono < next_check + BURST_DEFER and self.bursting():
+                self.clock.wait(BURST_WAIT, stop)
+                continue
             try:
-                if self.clock.monotonic() >= next_check:
+                if mono >= next_check:
                     next_check = self.clock.monotonic() + interval
                     log.debug("watchdog: %s", self.step(self.clock.now()))
                 else:

@@ -255,7 +255,7 @@ class Coordinator:
         Such a job is left to the instances that loaded it: this one never
         claims its slots nor takes its queued runs.
         """
-        names = {row.name for row in self.store.jobs.all()}
+        names = self.store.jobs.names()
         unknown = names - self._jobs - self._reported_unknown
         if not unknown:
             return

@@ -15,11 +15,11 @@ import logging
 import logging.handlers
 import queue
 import sys
-import time
 from pathlib import Path
 
 from scheduler import writable
 from scheduler.engine import runlog
+from scheduler.engine.runlog import FastFormatter
 
 FORMAT = "%(asctime)s %(levelname)s [%(threadName)s] %(name)s: %(message)s"
 BATCH = 1000
@@ -98,21 +98,6 @@ class LazyFlushFileHandler(QuietRotatingFileHandler):
 
 
 _FLUSH = logging.makeLogRecord({"msg": "flushing the log file"})
-
-
-class FastFormatter(logging.Formatter):
-    """FORMAT's output, with the date text computed once per second instead of once per record."""
-
-    def __init__(self, fmt: str) -> None:
-        super().__init__(fmt)
-        self._second = -1
-        self._text = ""
-
-    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
-        second = int(record.created)
-        if second != self._second:
-            self._second, self._text = second, time.strftime("%Y-%m-%d %H:%M:%S", self.converter(second))
-        return f"{self._text},{int(record.msecs):03d}"
 
 
 class PreparedQueueHandler(logging.handlers.QueueHandler):

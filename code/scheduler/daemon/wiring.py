@@ -59,7 +59,13 @@ def build_service(settings: Settings, clock: Clock | None = None) -> Service:
     coordinator = Coordinator(store, clock, settings, owner, health, answering_for)
     # Its own thread on every instance; job checks on the leader only.
     watchdog = Watchdog(
-        store, clock, settings, health, worker=owner.instance, leading=coordinator.holds_lease
+        store,
+        clock,
+        settings,
+        health,
+        worker=owner.instance,
+        leading=coordinator.holds_lease,
+        bursting=runner.backlogged,
     )
     # The metrics read the runs that ended from the runner (runner.drain_ended): nothing calls up.
     metrics = Metrics(
@@ -165,6 +171,8 @@ def build_dispatcher(
         health,
         settings.pool_size,
         unwritten=unwritten,
+        # A run claimed ahead holds its lease from the claim: it must not run out before the slot.
+        claim_ahead=min(settings.claim_ahead, settings.lease_ttl / 2),
     )
 
 

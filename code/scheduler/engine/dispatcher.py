@@ -14,7 +14,7 @@ import logging
 import random
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from scheduler.clock import Clock
@@ -53,6 +53,10 @@ class JobState:
     cursor: datetime  # the last slot decided (run, skipped, missed or let pass)
     next_at: datetime
     recorded: datetime  # the last slot decided with a record (not let pass while paused)
+    look_at: datetime = field(init=False)  # when to claim next_at: up to `claim_ahead` before it
+
+    def __post_init__(self) -> None:
+        self.look_at = self.next_at
 
 
 class Dispatcher:
@@ -68,6 +72,7 @@ class Dispatcher:
         health: Health,
         capacity: int | None = None,
         unwritten: Callable[[], set[int]] = set,
+        claim_ahead: timedelta = timedelta(0),
     ) -> None:
         self.store = store
         self.clock = clock
@@ -79,6 +84,9 @@ class Dispatcher:
         self.health = health
         self.capacity = capacity  # threads of the pool; None: never leave slots to peers
         self.unwritten = unwritten  # runs ended here whose end is not written yet (not busy)
+        # Slots are claimed this long before they are due (at most half the gap to the previous
+        # slot), so a burst's claims are written before its instant and its runs start on time.
+        self.claim_ahead = claim_ahead
         self._ended_seen = 0
         self.states: dict[str, JobState] = {}
         self._heap: list[tuple[datetime, int, str]] = []
@@ -114,13 +122,26 @@ class Dispatcher:
                     cursor = recorded = effective.cursor_of(row, last_slots.get(name), now)
                 schedule = effective.schedule_of(row)
                 state = JobState(spec, row, schedule, cursor, schedule.next_after(cursor), recorded)
+                self._aim(state)
                 self.states[name] = state
             self._rebuild_heap()
 
     def _rebuild_heap(self) -> None:
-        self._heap = [(s.next_at, next(self._seq), n) for n, s in self.states.items()]
+        self._heap = [(s.look_at, next(self._seq), n) for n, s in self.states.items()]
         heapq.heapify(self._heap)
         self.wake.set()
+
+    def _aim(self, state: JobState, ahead: bool = True) -> None:
+        """Set when to look at the job's next slot: `claim_ahead` before it (at most half the gap
+        from the last slot decided), or at the slot itself (`ahead` False, or paused)."""
+        state.look_at = state.next_at
+        if ahead and self.claim_ahead and not state.row.paused:
+            state.look_at -= min(self.claim_ahead, (state.next_at - state.cursor) / 2)
+
+    def _push(self, state: JobState, look_at: datetime | None = None) -> None:
+        if look_at is not None:
+            state.look_at = look_at
+        heapq.heappush(self._heap, (state.look_at, next(self._seq), state.spec.name))
 
     def apply_rows(self, rows: list[JobRow], now: datetime) -> None:
         """Take operator overrides (pause, schedule) read from the database."""
@@ -145,6 +166,7 @@ class Dispatcher:
                     )
                 state.row, state.schedule = row, schedule
                 state.next_at = state.schedule.next_after(state.cursor)
+                self._aim(state)
                 changed = True
             if changed:
                 self._rebuild_heap()
@@ -159,11 +181,18 @@ class Dispatcher:
                 state.cursor = min(state.cursor, now)
                 state.recorded = min(state.recorded, now)
                 state.next_at = state.schedule.next_after(state.cursor)
+                self._aim(state)
             self._rebuild_heap()
 
     def next_due(self) -> datetime | None:
+        """The next instant the loop has something to do: a slot to claim, or a run claimed
+        ahead to release."""
         with self._lock:
-            return self._heap[0][0] if self._heap else None
+            due = self._heap[0][0] if self._heap else None
+        release = self.runner.next_release()
+        if due is None or (release is not None and release < due):
+            return release
+        return due
 
     # -- decisions --------------------------------------------------------
 
@@ -176,9 +205,13 @@ class Dispatcher:
         with SKIP LOCKED: instances claiming one burst at once each take a share instead of
         queuing behind the first one's locks.
 
+        Slots up to `claim_ahead` ahead are claimed now too, if their job is not busy: their
+        runs wait in the runner until `now` reaches the slot (released here, first thing).
+
         Raises nothing: a database error leaves the due slots undecided, to be
         retried (and caught up per policy) on a later tick.
         """
+        self.runner.release(now)
         with self._lock:
             if self._backing_off and self.health.database_up:
                 # The database answers again (a heartbeat or a record got through):
@@ -187,18 +220,21 @@ class Dispatcher:
                     state = self.states.get(name)
                     if state is not None:
                         state.next_at = now
-                        heapq.heappush(self._heap, (now, next(self._seq), name))
+                        self._push(state, now)
                 self._backing_off.clear()
             due: list[JobState] = []
             while self._heap and self._heap[0][0] <= now:
                 at, _, name = heapq.heappop(self._heap)
                 state = self.states.get(name)
-                if state is not None and state.next_at == at:
+                if state is not None and state.look_at == at:
                     due.append(state)
             due, deferred = self._within_capacity(due, now)
             for state in deferred:
+                if state.next_at > now:  # a slot ahead: claimed at its time instead
+                    self._push(state, state.next_at)
+                    continue
                 state.next_at = now + DEFER_STEP  # the cursor stays: the slot is still undecided
-                heapq.heappush(self._heap, (state.next_at, next(self._seq), state.spec.name))
+                self._push(state, state.next_at)
         if not self.store.is_sqlite:
             random.shuffle(due)
         won: list[Claimed] = []
@@ -219,10 +255,12 @@ class Dispatcher:
         with self._lock:
             claims, decided = self._decide(chunk, now)
             notes, self._catchup_notes = self._catchup_notes, []
-        if decided:
+        due = {name: slot for name, slot in decided.items() if slot <= now}
+        if due:
             # A run still waiting for a thread when its job's next slot is due has been overtaken:
             # it is recorded missed ("overloaded: ..."), and the new slot is claimed instead.
-            self.runner.supersede(decided, "the instance fell behind")
+            # (A slot claimed ahead overtakes it when it is released, in the runner.)
+            self.runner.supersede(due, "the instance fell behind")
         won: list[Claimed] = []
         left: set[str] = set()
         if claims:
@@ -255,19 +293,26 @@ class Dispatcher:
         with self._lock:
             for state in chunk:
                 name = state.spec.name
-                if failed:
+                if state.next_at > now and (failed or name in left):
+                    # A slot ahead left undecided (its job is busy, a peer is claiming it, or the
+                    # database failed): it is claimed at its time, as any other.
+                    self._aim(state, ahead=False)
+                elif failed:
                     # Undecided: retry soon; the catch-up policy applies if it stays down.
                     state.next_at = now + timedelta(seconds=self._backoff)
                     self._backing_off.add(name)
+                    self._aim(state, ahead=False)
                 elif name in left:
                     state.next_at = now + DEFER_STEP  # a peer is claiming it: look again shortly
+                    self._aim(state, ahead=False)
                 else:
                     self._backing_off.discard(name)
                     state.cursor = decided.get(name, state.cursor)
                     if not state.row.paused:
                         state.recorded = state.cursor
                     state.next_at = state.schedule.next_after(state.cursor)
-                heapq.heappush(self._heap, (state.next_at, next(self._seq), name))
+                    self._aim(state)
+                self._push(state)
 
     def _within_capacity(self, due: list[JobState], now: datetime) -> tuple[list[JobState], list[JobState]]:
         """Split due jobs into those to claim now and those left to less busy peers for a moment.
@@ -285,13 +330,18 @@ class Dispatcher:
             if state.row.paused:
                 continue
             slot = state.schedule.next_after(state.cursor)
-            (take if now - slot >= DEFER_LIMIT else deferred).append(state)
+            (take if now - slot >= DEFER_LIMIT else deferred).append(state)  # ahead: deferred
         return take, deferred
 
     def _decide(self, due: list[JobState], now: datetime) -> tuple[list[Claim], dict[str, datetime]]:
         claims: list[Claim] = []
         decided: dict[str, datetime] = {}
         for state in due:
+            if state.next_at > now:  # claimed ahead: its one next slot, left undecided if busy
+                decided[state.spec.name] = state.next_at
+                spec = state.spec
+                claims.append(Claim(spec.name, state.next_at, "schedule", "running", spec.overlap, True))
+                continue
             slots, cut = recent_slots(state.schedule, state.cursor, now, self.catchup_limit)
             if not slots:
                 continue

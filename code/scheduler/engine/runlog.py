@@ -11,10 +11,41 @@ from __future__ import annotations
 import logging
 import sys
 import threading
+import time
 from typing import TextIO
 
 _local = threading.local()
-_FORMAT = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+class FastFormatter(logging.Formatter):
+    """A Formatter whose date text is computed once per second instead of once per record.
+
+    Safe to share between threads: the second and its text are swapped as one tuple."""
+
+    def __init__(self, fmt: str) -> None:
+        super().__init__(fmt)
+        self._date = (-1, "")
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        second = int(record.created)
+        date = self._date
+        if date[0] != second:
+            date = self._date = (second, time.strftime("%Y-%m-%d %H:%M:%S", self.converter(second)))
+        return f"{date[1]},{int(record.msecs):03d}"
+
+
+_FORMAT = FastFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def line(level: str, logger: str, message: str) -> str:
+    """`message` as a run's log shows a record of `logger` logged now (the CaptureHandler's format),
+    for lines the runner writes into a run's log itself."""
+    now = time.time()
+    second = int(now)
+    date = _FORMAT._date
+    if date[0] != second:
+        date = _FORMAT._date = (second, time.strftime("%Y-%m-%d %H:%M:%S", _FORMAT.converter(second)))
+    return f"{date[1]},{int((now - second) * 1000):03d} {level} {logger}: {message}\n"
 
 
 class LogBuffer:

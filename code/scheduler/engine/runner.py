@@ -6,14 +6,16 @@ the `Outcome` to the recorder, which writes it when the database answers.
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import logging
 import random
 import sys
 import threading
 import traceback
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from scheduler.clock import Clock
@@ -32,21 +34,49 @@ ENDED_KEPT = 20_000
 STUCK_MARGIN = 10.0
 
 
-@dataclass
 class JobContext:
     """What a job function receives when it takes one argument."""
 
-    job: str
-    scheduled_for: datetime
-    run_id: int
-    attempt: int
-    log: logging.Logger
-    cancelled: threading.Event = field(default_factory=threading.Event)
+    __slots__ = ("job", "scheduled_for", "run_id", "attempt", "log", "_cancelled")
+    _lazy = threading.Lock()
+
+    def __init__(
+        self,
+        job: str,
+        scheduled_for: datetime,
+        run_id: int,
+        attempt: int,
+        log: logging.Logger,
+        cancelled: threading.Event | None = None,
+    ) -> None:
+        self.job = job
+        self.scheduled_for = scheduled_for
+        self.run_id = run_id
+        self.attempt = attempt
+        self.log = log
+        self._cancelled = cancelled  # made when first asked for: most runs never are
+
+    @property
+    def cancelled(self) -> threading.Event:
+        """Set once the run passed its timeout or the daemon is shutting down."""
+        event = self._cancelled
+        if event is None:
+            with JobContext._lazy:
+                if self._cancelled is None:
+                    self._cancelled = threading.Event()
+                event = self._cancelled
+        return event
 
     @property
     def stopping(self) -> bool:
         """True once the run passed its timeout or the daemon is shutting down."""
         return self.cancelled.is_set()
+
+    def __repr__(self) -> str:
+        return (
+            f"JobContext(job={self.job!r}, scheduled_for={self.scheduled_for!r}, run_id={self.run_id}, "
+            f"attempt={self.attempt})"
+        )
 
 
 @dataclass
@@ -68,11 +98,14 @@ class Runner:
     """Runs claimed runs on a bounded pool and reports each outcome once.
 
     Claimed runs wait in one in-memory queue that `pool_size` threads drain: starting
-    a run costs no database round trip. A run waiting there is not executing; if
-    its job's next slot comes due first, `supersede` takes it out and records it
-    `missed` ("overloaded: ..."). The end of each run is handed to `record` (the
-    recorder writes it in batches) and counted in `ended_count`, which the dispatcher
-    looks at; finished runs are kept for `drain_ended` (metrics).
+    a run costs no database round trip. A run claimed ahead of its slot waits, held,
+    until `release(now)` reaches its slot. A run waiting is not executing; if its
+    job's next slot comes due first, it is taken out and recorded `missed`
+    ("overloaded: ..."). A run whose job is executing here when it comes due is
+    skipped (overlap "skip") or waits for that run to end ("queue"). The end of each
+    run is handed to `record` (the recorder writes it in batches) and counted in
+    `ended_count`, which the dispatcher looks at; finished runs are kept for
+    `drain_ended` (metrics).
     """
 
     def __init__(
@@ -99,6 +132,13 @@ class Runner:
         self._stop = stop
         self._active: dict[int, ActiveRun] = {}
         self._waiting: deque[ActiveRun] = deque()
+        # Claimed ahead of their slot: (slot, seq, run), released into _waiting at the slot.
+        self._held: list[tuple[datetime, int, ActiveRun]] = []
+        self._seq = itertools.count()
+        self._queued_of: dict[str, ActiveRun] = {}  # the newest run of each job in _waiting
+        self._executing: Counter[str] = Counter()  # jobs with a run executing here
+        self._loggers: dict[str, logging.Logger] = {}  # each job's logger, looked up once
+        self._parked: dict[str, deque[ActiveRun]] = {}  # overlap "queue": wait for the job's run to end
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
         self._work = threading.Condition(self._lock)
@@ -117,37 +157,94 @@ class Runner:
         self.start_many([(claimed, spec)])
 
     def start_many(self, runs: Sequence[tuple[Claimed, JobSpec]]) -> None:
-        """Queue claimed runs, oldest slot first: one lock and one wake-up for a whole burst."""
-        mono = self.clock.monotonic()
+        """Queue claimed runs, oldest slot first: one lock and one wake-up for a whole burst.
+
+        A run whose slot is still ahead (claimed early) is held until `release` reaches it."""
+        mono, now = self.clock.monotonic(), self.clock.now()
         prepared = []
+        loggers = self._loggers
         for claimed, spec in runs:
-            ctx = JobContext(
-                job=spec.name,
-                scheduled_for=claimed.scheduled_for,
-                run_id=claimed.run_id,
-                attempt=claimed.attempt,
-                log=logging.getLogger(f"scheduler.job.{spec.name}"),
-            )
-            deadline = mono + spec.timeout.total_seconds() if spec.timeout else None
-            prepared.append(ActiveRun(claimed, spec, mono, ctx, deadline))
+            logger = loggers.get(spec.name)
+            if logger is None:
+                logger = loggers[spec.name] = logging.getLogger(f"scheduler.job.{spec.name}")
+            ctx = JobContext(spec.name, claimed.scheduled_for, claimed.run_id, claimed.attempt, logger)
+            ahead = max(0.0, (claimed.scheduled_for - now).total_seconds())
+            deadline = mono + ahead + spec.timeout.total_seconds() if spec.timeout else None
+            prepared.append(ActiveRun(claimed, spec, mono + ahead, ctx, deadline))
         held = {
             a.claimed.run_id: self.guard.held_until(a.spec.name) if self.guard else None for a in prepared
         }
+        ended: list[tuple[ActiveRun, Outcome]] = []
         with self._lock:
             for active in prepared:
                 self._active[active.claimed.run_id] = active
-            queued = []
+            queued = 0
             for active in prepared:
-                if held.get(active.claimed.run_id) is None:
-                    queued.append(active)
-                    self._waiting.append(active)
-                    if active.deadline_mono is not None:
-                        self._deadlines[active.claimed.run_id] = active
-            self._work.notify(len(queued))
+                if held.get(active.claimed.run_id) is not None:
+                    continue
+                if active.deadline_mono is not None:
+                    self._deadlines[active.claimed.run_id] = active
+                if active.claimed.scheduled_for > now:
+                    heapq.heappush(self._held, (active.claimed.scheduled_for, next(self._seq), active))
+                else:
+                    queued += self._enqueue(active, ended)
+            self._work.notify(queued)
         for active in prepared:  # the crash-loop guard holds these jobs back: recorded skipped
             until = held.get(active.claimed.run_id)
             if until is not None:
-                self._finish(active, self._held(active, until))
+                self._finish(active, self._held_back(active, until))
+        for active, outcome in ended:
+            self._finish(active, outcome)
+
+    def release(self, now: datetime) -> int:
+        """Queue the runs claimed ahead whose slot has come; returns how many."""
+        ended: list[tuple[ActiveRun, Outcome]] = []
+        with self._lock:
+            if not self._held or self._held[0][0] > now:
+                return 0
+            queued = 0
+            while self._held and self._held[0][0] <= now:
+                queued += self._enqueue(heapq.heappop(self._held)[2], ended)
+            self._work.notify(queued)
+        for active, outcome in ended:
+            self._finish(active, outcome)
+        return queued
+
+    def next_release(self) -> datetime | None:
+        """The slot of the next run held for its slot, if any."""
+        with self._lock:
+            return self._held[0][0] if self._held else None
+
+    def _enqueue(self, active: ActiveRun, ended: list[tuple[ActiveRun, Outcome]]) -> int:
+        """Queue a run that is due (the lock is held); returns 1 if it was queued for a thread.
+
+        Its job's older run still waiting for a thread has been overtaken: it is taken out and
+        recorded missed. If the job is executing here, the run is skipped, or parked until that
+        run ends (overlap "queue"). Outcomes to write are appended to `ended`.
+        """
+        job = active.spec.name
+        older = self._queued_of.get(job)
+        if older is not None and older.claimed.scheduled_for < active.claimed.scheduled_for:
+            self._waiting.remove(older)
+            why = "the instance fell behind"
+            ended.append((older, self._overtaken(older, active.claimed.scheduled_for, why)))
+        if self._executing[job]:
+            if active.spec.overlap == "queue" and job not in self._parked:
+                self._parked[job] = deque([active])
+                return 0
+            ended.append((active, self._outcome(active, "skipped", 0, None, None)))
+            return 0
+        self._queued_of[job] = active
+        self._waiting.append(active)
+        return 1
+
+    def _overtaken(self, run: ActiveRun, slot: datetime, why: str) -> Outcome:
+        message = (
+            f"overloaded: slot {run.claimed.scheduled_for.isoformat()} had not started when slot "
+            f"{slot.isoformat()} came due ({len(self._waiting) + 1} runs waiting, "
+            f"{len(self._threads)} threads; {why})"
+        )
+        return self._outcome(run, "missed", run.claimed.attempt, None, None, message, "Overloaded")
 
     def supersede(self, due: dict[str, datetime], why: str) -> int:
         """Take out the waiting runs of these jobs whose slot is before the one now due; record
@@ -162,22 +259,23 @@ class Runner:
                 return 0
             gone = {id(a) for a in stale}
             self._waiting = deque(a for a in self._waiting if id(a) not in gone)
-            waiting = len(self._waiting) + len(stale)
-        for run in stale:
-            slot = due[run.spec.name]
-            message = (
-                f"overloaded: slot {run.claimed.scheduled_for.isoformat()} had not started when slot "
-                f"{slot.isoformat()} came due ({waiting} runs waiting, {len(self._threads)} threads; {why})"
-            )
-            self._finish(
-                run, self._outcome(run, "missed", run.claimed.attempt, None, None, message, "Overloaded")
-            )
+            ended = [(run, self._overtaken(run, due[run.spec.name], why)) for run in stale]
+            for run in stale:
+                if self._queued_of.get(run.spec.name) is run:
+                    del self._queued_of[run.spec.name]
+        for run, outcome in ended:
+            self._finish(run, outcome)
         return len(stale)
 
     def waiting_ids(self) -> set[int]:
-        """Runs claimed here that wait for a thread (not executing: their job is not busy)."""
+        """Runs claimed here that are not executing (their job is not busy): waiting for a thread,
+        for their slot, or for their job's run to end."""
         with self._lock:
-            return {a.claimed.run_id for a in self._waiting}
+            ids = {a.claimed.run_id for a in self._waiting}
+            ids.update(a.claimed.run_id for _, _, a in self._held)
+            for parked in self._parked.values():
+                ids.update(a.claimed.run_id for a in parked)
+            return ids
 
     def drain_ended(self) -> list[ActiveRun]:
         """The runs that ended since the last call (at most ENDED_KEPT)."""
@@ -192,7 +290,7 @@ class Runner:
             run = self._active.get(run_id)
         return run.log.text() if run is not None and run.log is not None else None
 
-    def _held(self, run: ActiveRun, until: datetime) -> Outcome:
+    def _held_back(self, run: ActiveRun, until: datetime) -> Outcome:
         failures = self.guard.failures(run.spec.name) if self.guard else 0
         message = f"crash-loop guard: {failures} failures in a row; next run not before {until.isoformat()}"
         return Outcome(
@@ -210,12 +308,16 @@ class Runner:
         with self._lock:
             return list(self._active.values())
 
+    def backlogged(self) -> bool:
+        """Runs wait here: for a thread, or claimed ahead for their slot."""
+        return bool(self._waiting or self._held)
+
     def has_runs(self) -> bool:
         return bool(self._active)
 
     def executing(self) -> int:
         with self._lock:
-            return len(self._active) - len(self._waiting)
+            return sum(self._executing.values())
 
     def check_deadlines(self) -> float | None:
         """Flag runs past their timeout (cooperative cancel); returns the next deadline."""
@@ -271,14 +373,40 @@ class Runner:
             return self._idle.wait_for(lambda: not self._active, timeout)
 
     def cancel_all(self) -> None:
-        """Shutting down: runs waiting for a thread end `abandoned`; executing ones are asked to stop."""
+        """Shutting down: runs waiting for a thread end `abandoned`; executing ones are asked to stop.
+
+        Runs claimed ahead whose slot has not come are handed back: their rows go back to
+        `queued`, for a peer, or this instance's next start, to take and run."""
         with self._lock:
             waiting, self._waiting = list(self._waiting), deque()
+            for parked in self._parked.values():
+                waiting += parked
+            ahead = [a for _, _, a in sorted(self._held, key=lambda h: h[:2])]
+            self._held, self._parked, self._queued_of = [], {}, {}
         for run in waiting:
             message = "the daemon stopped before the run began"
             self._finish(run, self._outcome(run, "abandoned", run.claimed.attempt, None, None, message))
+        for run in ahead:
+            self._hand_back(run)
         for run in self.active():
             run.ctx.cancelled.set()
+
+    def _hand_back(self, run: ActiveRun) -> None:
+        """Give a run that never began back to the cluster: its row becomes `queued` again."""
+        log.info(
+            "run %s of %s handed back (slot %s): the daemon is stopping before its slot",
+            run.claimed.run_id,
+            run.spec.name,
+            run.claimed.scheduled_for.isoformat(),
+            extra={"job": run.spec.name, "run_id": run.claimed.run_id, "action": "handed-back"},
+        )
+        now = self.clock.now()
+        self._record(Outcome(run.claimed.run_id, run.claimed.fence, "queued", now, attempt=0))
+        with self._idle:
+            self._active.pop(run.claimed.run_id, None)
+            self._deadlines.pop(run.claimed.run_id, None)
+            self.ended_count += 1
+            self._idle.notify_all()
 
     def shutdown(self) -> None:
         with self._lock:
@@ -295,6 +423,10 @@ class Runner:
                 if self._closing:
                     return
                 run = self._waiting.popleft()
+                job = run.spec.name
+                if self._queued_of.get(job) is run:
+                    del self._queued_of[job]
+                self._executing[job] += 1
             self._execute(run)
 
     def _execute(self, run: ActiveRun) -> None:
@@ -302,16 +434,16 @@ class Runner:
         run.thread_id = threading.get_ident()
         buffer = runlog.LogBuffer(self.max_log_bytes)
         run.log = buffer
-        runlog.bind(buffer)
         outcome: Outcome | None = None
         try:
-            log.info(
-                "run %s of %s started (slot %s)",
-                claimed.run_id,
-                spec.name,
-                claimed.scheduled_for.isoformat(),
-                extra={"job": spec.name, "run_id": claimed.run_id, "action": "start"},
-            )
+            # Written into the run's log directly: the capture handler's formatting was a third of
+            # a short run's cost. info.log gets the start line of a run still going a moment later
+            # (from the recorder, which writes its start then); every run gets its end line.
+            if log.isEnabledFor(logging.INFO):
+                slot = claimed.scheduled_for.isoformat()
+                started = f"run {claimed.run_id} of {spec.name} started (slot {slot})"
+                buffer.write(runlog.line("INFO", log.name, started))
+            runlog.bind(buffer)
             outcome = self._attempts(run, buffer)
         except BaseException as exc:  # a bug here must still end the run record
             outcome = self._outcome(run, "failed", 1, buffer, exc)
@@ -435,11 +567,12 @@ class Runner:
         level = logging.INFO if outcome.status == "succeeded" else logging.WARNING
         log.log(
             level,
-            "run %s of %s %s in %.3fs%s",
+            "run %s of %s %s in %.3fs (slot %s)%s",
             outcome.run_id,
             run.spec.name,
             outcome.status,
             seconds,
+            run.claimed.scheduled_for.isoformat(),
             f": {outcome.error_type}: {outcome.error_message}" if outcome.error_type else "",
             extra={"job": run.spec.name, "run_id": outcome.run_id, "action": outcome.status},
         )
@@ -453,4 +586,14 @@ class Runner:
             self._deadlines.pop(run.claimed.run_id, None)
             self._ended_runs.append(run)
             self.ended_count += 1
+            job = run.spec.name
+            if run.thread_id is not None and self._executing[job]:
+                self._executing[job] -= 1
+                if not self._executing[job]:
+                    del self._executing[job]
+                    parked = self._parked.pop(job, None)
+                    if parked:
+                        self._queued_of[job] = parked[0]
+                        self._waiting.extend(parked)
+                        self._work.notify(len(parked))
             self._idle.notify_all()

@@ -15,12 +15,12 @@ import json
 import socket
 import sys
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from scheduler.clock import SystemClock
 from scheduler.config import Settings
-from scheduler.errors import JobDefinitionError, RefusedError, StoreError
+from scheduler.errors import JobDefinitionError, StoreError
 from scheduler.operator import RUN_STATUSES
 
 if TYPE_CHECKING:
@@ -30,6 +30,8 @@ if TYPE_CHECKING:
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 Handler = Callable[[Settings, argparse.Namespace], int]
 clock = SystemClock()
+S = TypeVar("S")
+T = TypeVar("T")
 
 
 def cli_actor() -> str:
@@ -100,7 +102,8 @@ def _run_id(text: str) -> int:
 
 
 def _guarded(handler: Handler) -> Handler:
-    """Map invalid values to exit 2 and refusals to exit 1, each as one line naming the target."""
+    """Map invalid values to exit 2, as one line naming the target. Every other error (a refusal,
+    a missing job) ends the command as any command's does: one line, exit 1 (control._main)."""
 
     def run(settings: Settings, args: argparse.Namespace) -> int:
         target = getattr(args, "job", None) or args.command
@@ -109,9 +112,6 @@ def _guarded(handler: Handler) -> Handler:
         except JobDefinitionError as exc:
             print(f"error: {target}: {exc}", file=sys.stderr)
             return EXIT_USAGE
-        except RefusedError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return EXIT_FAIL
 
     return run
 
@@ -174,180 +174,93 @@ def _print_json(data: Any) -> None:
     print(json.dumps(data, indent=2, ensure_ascii=False))
 
 
-# -- reading ------------------------------------------------------------------
+def _answer(
+    source: AbstractContextManager[S],
+    args: argparse.Namespace,
+    query: Callable[[S], T],
+    text: Callable[[T], str],
+) -> int:
+    """Run `query` on what `source` opens (`_read`, `_open`), then print what it returned: as JSON
+    with --json, else as `text`."""
+    with source as opened:
+        data = query(opened)
+    if args.json:
+        _print_json(data)
+    else:
+        print(text(data))
+    return EXIT_OK
+
+
+# -- reading (the text of each answer: operator/tables.py) ---------------------
 
 
 def cmd_jobs(settings: Settings, args: argparse.Namespace) -> int:
     from scheduler.operator import queries, tables
 
-    with _read(settings) as store:
-        jobs = queries.list_jobs(store, clock.now())
-    if args.json:
-        _print_json(jobs)
-        return EXIT_OK
-    rows = [
-        [j["name"], j["schedule"], *tables.next_cells(j), j["last_status"] or "-", tables.yes(j["paused"])]
-        for j in jobs
-    ]
-    print(tables.table(["JOB", "SCHEDULE", "NEXT RUN (JOB ZONE)", "NEXT RUN (UTC)", "LAST", "PAUSED"], rows))
-    return EXIT_OK
+    return _answer(
+        _read(settings), args, lambda store: queries.list_jobs(store, clock.now()), tables.jobs_table
+    )
 
 
 def cmd_show(settings: Settings, args: argparse.Namespace) -> int:
-    from scheduler.humanize import duration
     from scheduler.operator import queries, tables
 
-    with _read(settings) as store:
-        job = queries.show_job(store, args.job, clock.now())
-    if args.json:
-        _print_json(job)
-        return EXIT_OK
-    override = "yes (code: " + job["code_schedule"] + ")" if job["overridden"] else "no"
-    pairs = [
-        ("job", job["name"]),
-        ("schedule", job["schedule"]),
-        ("override", override),
-        ("zone", job["timezone"]),
-        ("state", "disabled in code" if not job["enabled"] else "paused" if job["paused"] else "active"),
-        ("next run", " / ".join(tables.next_cells(job))),
-        ("module", job["definition"].get("module", "-")),
-        ("timeout", duration(job["definition"].get("timeout_seconds"))),
-        ("retries", str(job["definition"].get("retries", 0))),
-        ("overlap", job["definition"].get("overlap", "-")),
-        ("catch-up", job["definition"].get("catchup", "-")),
-        ("changed", f"{job['changed_at']} by {job['changed_by']}" if job["changed_by"] else "-"),
-    ]
-    width = max(len(k) for k, _ in pairs)
-    for key, value in pairs:
-        print(f"{key:<{width}}  {value}")
-    print()
-    print(tables.runs_table(job["recent_runs"]) if job["recent_runs"] else "no runs yet")
-    return EXIT_OK
+    return _answer(
+        _read(settings), args, lambda store: queries.show_job(store, args.job, clock.now()), tables.job_text
+    )
 
 
 def cmd_next(settings: Settings, args: argparse.Namespace) -> int:
     from scheduler.operator import queries, tables
 
-    with _read(settings) as store:
-        data = queries.next_slots(store, args.job, clock.now(), args.n)
-    if args.json:
-        _print_json(data)
-        return EXIT_OK
-    state = " (paused: these slots pass unrun until resumed)" if data["paused"] else ""
-    print(f"{data['job']}: {data['schedule']}{state}")
-    rows = [[str(i), tables.local_time(s), tables.utc_time(s["at"])] for i, s in enumerate(data["slots"], 1)]
-    print(tables.table(["#", f"JOB ZONE ({data['timezone']})", "UTC"], rows))
-    return EXIT_OK
+    def query(store: Reader) -> dict[str, Any]:
+        return queries.next_slots(store, args.job, clock.now(), args.n)
+
+    return _answer(_read(settings), args, query, tables.slots_text)
 
 
 def cmd_history(settings: Settings, args: argparse.Namespace) -> int:
     from scheduler.operator import queries, tables
 
-    with _read(settings) as store:
-        runs = queries.list_runs(store, args.job, args.status, args.limit)
-    if args.json:
-        _print_json(runs)
-    else:
-        print(tables.runs_table(runs) if runs else "no runs")
-    return EXIT_OK
+    def query(store: Reader) -> list[dict[str, Any]]:
+        return queries.list_runs(store, args.job, args.status, args.limit)
+
+    return _answer(_read(settings), args, query, lambda runs: tables.runs_table(runs) if runs else "no runs")
 
 
 def cmd_logs(settings: Settings, args: argparse.Namespace) -> int:
-    from scheduler.humanize import duration
     from scheduler.operator import queries, tables
 
-    with _read(settings) as store:
-        run = queries.show_run(store, args.run_id)
-    if args.json:
-        _print_json(run)
-        return EXIT_OK
-    took = f", {duration(run['duration_seconds'])}" if run["duration_seconds"] is not None else ""
-    slot = tables.utc_time(run["scheduled_for"])
-    print(f"run {run['id']} of {run['job']}: {run['status']} (slot {slot}{took})")
-    print("-- log" + (" (truncated)" if run["log_truncated"] else ""))
-    print((run["log"] or "(nothing captured)").rstrip("\n"))
-    if run["error_type"]:
-        print(f"-- error: {run['error_type']}: {run['error_message']}")
-        if run["error_traceback"]:
-            print(run["error_traceback"].rstrip("\n"))
-    return EXIT_OK
+    return _answer(_read(settings), args, lambda store: queries.show_run(store, args.run_id), tables.run_text)
 
 
 def cmd_instances(settings: Settings, args: argparse.Namespace) -> int:
     from scheduler.operator import queries, tables
 
-    with _open(settings) as store:
-        found = queries.list_instances(store, clock.now())
-    if args.json:
-        _print_json(found)
-        return EXIT_OK
-    headers = ["INSTANCE", "HOST", "PID", "STATUS", "LEADER", "HEARTBEAT (UTC)", "JOBS", "PROBLEMS"]
-    rows = [
-        [
-            i["id"],
-            i["host"],
-            str(i["pid"]),
-            i["status"],
-            tables.yes(i["leader"]),
-            tables.utc_time(i["heartbeat_at"]),
-            str(len(i["jobs"])),
-            str(len(i["problems"])),
-        ]
-        for i in found
-    ]
-    print(tables.table(headers, rows) if rows else "no instances have run against this database")
-    return EXIT_OK
+    def query(store: Store) -> list[dict[str, Any]]:
+        return queries.list_instances(store, clock.now())
+
+    return _answer(_open(settings), args, query, tables.instances_table)
 
 
 def cmd_alerts(settings: Settings, args: argparse.Namespace) -> int:
-    from scheduler.humanize import short
     from scheduler.operator import queries, tables
 
-    with _open(settings) as store:
-        found = queries.list_alerts(store, open_only=not args.all, limit=args.limit)
-    if args.json:
-        _print_json(found)
-        return EXIT_OK
-    headers = ["ID", "KIND", "SUBJECT", "OPENED (UTC)", "CLOSED (UTC)", "SUMMARY"]
-    rows = [
-        [
-            str(i.get("id", "")),
-            str(i.get("kind", "")),
-            str(i.get("subject", "")),
-            tables.utc_time(i.get("opened_at")),
-            tables.utc_time(i.get("closed_at")),
-            short(str(i.get("summary", "")), 70),
-        ]
-        for i in found
-    ]
-    print(tables.table(headers, rows) if rows else ("no open incidents" if not args.all else "no incidents"))
-    return EXIT_OK
+    def query(store: Store) -> list[dict[str, Any]]:
+        return queries.list_alerts(store, open_only=not args.all, limit=args.limit)
+
+    return _answer(
+        _open(settings), args, query, lambda found: tables.alerts_table(found, open_only=not args.all)
+    )
 
 
 def cmd_audit(settings: Settings, args: argparse.Namespace) -> int:
     from scheduler.operator import queries, tables
 
-    with _open(settings) as store:
-        entries = queries.list_audit(store, args.job, args.limit)
-    if args.json:
-        _print_json(entries)
-        return EXIT_OK
-    rows = [
-        [
-            tables.utc_time(e["at"]),
-            e["actor"],
-            e["action"],
-            e["job"] or "-",
-            json.dumps(e["details"], sort_keys=True),
-        ]
-        for e in entries
-    ]
-    print(
-        tables.table(["AT (UTC)", "ACTOR", "ACTION", "JOB", "DETAILS"], rows)
-        if rows
-        else "no changes recorded"
-    )
-    return EXIT_OK
+    def query(store: Store) -> list[dict[str, Any]]:
+        return queries.list_audit(store, args.job, args.limit)
+
+    return _answer(_open(settings), args, query, tables.audit_table)
 
 
 # -- changing -----------------------------------------------------------------
@@ -356,15 +269,15 @@ def cmd_audit(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_trigger(settings: Settings, args: argparse.Namespace) -> int:
     from scheduler.operator import actions
 
-    with _open(settings) as store:
-        result = actions.trigger(store, args.job, cli_actor(), clock.now())
-    if args.json:
-        _print_json(result)
-        return EXIT_OK
-    print(f"queued run {result['run_id']} of {result['job']}")
-    if not result["instances"]:
-        print(f"note: no live instance loads {result['job']}; the run waits until one starts")
-    return EXIT_OK
+    def text(result: dict[str, Any]) -> str:
+        queued = f"queued run {result['run_id']} of {result['job']}"
+        if result["instances"]:
+            return queued
+        return f"{queued}\nnote: no live instance loads {result['job']}; the run waits until one starts"
+
+    return _answer(
+        _open(settings), args, lambda store: actions.trigger(store, args.job, cli_actor(), clock.now()), text
+    )
 
 
 def cmd_pause(settings: Settings, args: argparse.Namespace) -> int:
@@ -379,21 +292,25 @@ def _set_paused(settings: Settings, args: argparse.Namespace, paused: bool) -> i
     from scheduler.operator import actions
 
     actor = cli_actor()
-    with _open(settings) as store:
-        job = actions.set_paused(store, args.job, paused, actor, clock.now())
-    if args.json:
-        _print_json(job)
-    else:
-        print(f"{'paused' if paused else 'resumed'} {job['name']} (by {actor})")
-    return EXIT_OK
+
+    def query(store: Store) -> dict[str, Any]:
+        return actions.set_paused(store, args.job, paused, actor, clock.now())
+
+    return _answer(
+        _open(settings),
+        args,
+        query,
+        lambda job: f"{'paused' if paused else 'resumed'} {job['name']} (by {actor})",
+    )
 
 
 def cmd_set(settings: Settings, args: argparse.Namespace) -> int:
     from scheduler.operator import actions, tables
 
     actor = cli_actor()
-    with _open(settings) as store:
-        job = actions.set_schedule(
+
+    def change(store: Store) -> dict[str, Any]:
+        return actions.set_schedule(
             store,
             args.job,
             actor,
@@ -403,13 +320,8 @@ def cmd_set(settings: Settings, args: argparse.Namespace) -> int:
             timezone=args.timezone,
             clear=args.clear,
         )
-    if args.json:
-        _print_json(job)
-        return EXIT_OK
-    print(f"{job['name']}: {job['schedule']}{' (override)' if job['overridden'] else ' (from code)'}")
-    if job["next_run"]:
-        print(f"next run {tables.local_time(job['next_run'])} = {tables.utc_time(job['next_run']['at'])}")
-    return EXIT_OK
+
+    return _answer(_open(settings), args, change, tables.schedule_text)
 
 
 def cmd_notify_test(settings: Settings, args: argparse.Namespace) -> int:

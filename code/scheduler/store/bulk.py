@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
-from scheduler.store.schema import runs
+from scheduler.store.schema import fenced, runs
 
 if TYPE_CHECKING:
     from scheduler.store.runs import Outcome
@@ -40,7 +40,6 @@ _CLAIM_COLUMNS = (
     "started_at",
     "finished_at",
 )
-_TIMES = {"scheduled_for", "lease_expires_at", "claimed_at", "started_at", "finished_at"}
 
 _INSERT = (
     f"INSERT INTO runs ({', '.join(_CLAIM_COLUMNS)}) VALUES ({', '.join('?' for _ in _CLAIM_COLUMNS)}) "
@@ -94,7 +93,25 @@ def insert_claims(
         return cache[at]
 
     before = conn.exec_driver_sql("SELECT coalesce(max(id), 0) FROM runs").scalar_one()
-    params = [tuple(t(r[c]) if c in _TIMES else r[c] for c in _CLAIM_COLUMNS) for r in rows]
+    # In _CLAIM_COLUMNS order, spelled out: a generator over the columns cost more than the insert.
+    params = [
+        (
+            r["job"],
+            t(r["scheduled_for"]),
+            r["trigger"],
+            r["status"],
+            r["attempt"],
+            r["owner"],
+            r["fence"],
+            t(r["lease_expires_at"]),
+            r["host"],
+            r["pid"],
+            t(r["claimed_at"]),
+            t(r["started_at"]),
+            t(r["finished_at"]),
+        )
+        for r in rows
+    ]
     conn.exec_driver_sql(_INSERT, params)
     first = rows[0]
     found = conn.exec_driver_sql(_WON, (before, first["owner"], t(first["claimed_at"])))
@@ -103,7 +120,18 @@ def insert_claims(
 
 def finish_all(conn: sa.Connection, params: Sequence[dict[str, Any]]) -> list[int]:
     """Write run ends (finish_params dicts, distinct run ids); return the ids whose row is no
-    longer this run's (lease lost: another fence, or no longer running), which are not written."""
+    longer this run's (lease lost: another fence, or no longer running), which are not written.
+
+    Nearly always every row is still this run's: one executemany, whose total rowcount says
+    so, writes them all. Only when it falls short is it undone (a savepoint) and the live rows
+    looked up first."""
+    if not params:
+        return []
+    savepoint = conn.begin_nested()
+    if conn.exec_driver_sql(_SQLITE_FINISH, [_finish_row(p) for p in params]).rowcount == len(params):
+        savepoint.commit()
+        return []
+    savepoint.rollback()
     ids = [p["o_id"] for p in params]
     marks = ", ".join("?" for _ in ids)
     live = set(
@@ -111,27 +139,27 @@ def finish_all(conn: sa.Connection, params: Sequence[dict[str, Any]]) -> list[in
             f"SELECT id, fence FROM runs WHERE status = 'running' AND id IN ({marks})", tuple(ids)
         ).all()
     )
-    t = stored
-    values = [
-        (
-            p["o_status"],
-            t(p["o_started_at"]),
-            t(p["o_finished_at"]),
-            p["o_attempt"],
-            p["o_error_type"],
-            p["o_error_message"],
-            p["o_error_traceback"],
-            p["o_log"],
-            p["o_log_truncated"],
-            p["o_id"],
-            p["o_fence"],
-        )
-        for p in params
-        if (p["o_id"], p["o_fence"]) in live
-    ]
+    values = [_finish_row(p) for p in params if (p["o_id"], p["o_fence"]) in live]
     if values:
         conn.exec_driver_sql(_SQLITE_FINISH, values)
     return [p["o_id"] for p in params if (p["o_id"], p["o_fence"]) not in live]
+
+
+def _finish_row(p: dict[str, Any]) -> tuple[Any, ...]:
+    """The parameters of _SQLITE_FINISH for one finish_params dict."""
+    return (
+        p["o_status"],
+        stored(p["o_started_at"]),
+        stored(p["o_finished_at"]),
+        p["o_attempt"],
+        p["o_error_type"],
+        p["o_error_message"],
+        p["o_error_traceback"],
+        p["o_log"],
+        p["o_log_truncated"],
+        p["o_id"],
+        p["o_fence"],
+    )
 
 
 def ranges(ids: Sequence[int]) -> list[tuple[int, int]]:
@@ -149,11 +177,7 @@ def ranges(ids: Sequence[int]) -> list[tuple[int, int]]:
 # A missing started_at (the run never began) keeps the claim's.
 FINISH = (
     runs.update()
-    .where(
-        runs.c.id == sa.bindparam("o_id"),
-        runs.c.fence == sa.bindparam("o_fence"),
-        runs.c.status == "running",
-    )
+    .where(fenced(sa.bindparam("o_id"), sa.bindparam("o_fence")))
     .values(
         status=sa.bindparam("o_status"),
         started_at=sa.func.coalesce(
@@ -177,7 +201,7 @@ def finish_params(o: Outcome) -> dict[str, Any]:
         "o_fence": o.fence,
         "o_status": o.status,
         "o_started_at": o.started_at,
-        "o_finished_at": o.finished_at,
+        "o_finished_at": None if o.status == "queued" else o.finished_at,  # handed back: not ended
         "o_attempt": o.attempt,
         "o_error_type": text_value(o.error_type),
         "o_error_message": text_value(o.error_message),
@@ -199,7 +223,7 @@ def finish_many(chunk: Sequence[Outcome]) -> Any:
     c = {n: sa.cast(v.c[n], col.type) for n, col in zip(names, columns, strict=True)}
     return (
         runs.update()
-        .where(runs.c.id == c["o_id"], runs.c.fence == c["o_fence"], runs.c.status == "running")
+        .where(fenced(c["o_id"], c["o_fence"]))
         .values(
             status=c["o_status"],
             started_at=sa.func.coalesce(c["o_started_at"], runs.c.started_at),

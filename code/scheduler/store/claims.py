@@ -40,6 +40,7 @@ class Claim:
     trigger: str = "schedule"  # schedule | catchup | manual
     status: str = "running"  # running (run it) | queued (run later) | skipped | missed
     overlap: str = "skip"  # the job's overlap policy, applied here (see `_overlap`): skip | queue
+    early: bool = False  # claimed ahead of its slot: left unclaimed (not skipped) if the job is busy
 
 
 @dataclass(frozen=True)
@@ -114,6 +115,8 @@ class RunClaims:
             waiting = self._with_queued(conn, [c.job for c in claims if c.overlap == "queue"])
             rows = []
             for c in claims:
+                if c.early and c.job in busy:
+                    left.add(c.job)  # decided at the slot itself, when the run may have ended
                 if c.job in left:
                     continue
                 status = _overlap(c, busy, waiting)
@@ -136,7 +139,13 @@ class RunClaims:
                     }
                 )
             if conn.dialect.name == "sqlite":
-                slots = {(c.job, bulk.stored_text(conn, c.scheduled_for)): c.scheduled_for for c in claims}
+                texts: dict[datetime, str] = {}  # a burst shares one slot
+                slots = {}
+                for c in claims:
+                    text = texts.get(c.scheduled_for)
+                    if text is None:
+                        text = texts[c.scheduled_for] = bulk.stored_text(conn, c.scheduled_for)
+                    slots[(c.job, text)] = c.scheduled_for
                 for run_id, job, stored, status, trigger in bulk.insert_claims(conn, rows):
                     won.append(Claimed(run_id, job, slots[(job, str(stored))], status, 1, trigger))
                 return won, left

@@ -9,6 +9,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from scheduler.store.db import Database, upsert_insert
+from scheduler.store.reads import fields_of
 from scheduler.store.schema import instances, leases
 
 LEADER = "leader"
@@ -47,8 +48,7 @@ class InstanceRow:
 
     @classmethod
     def from_row(cls, row: sa.Row[Any]) -> InstanceRow:
-        m = row._mapping
-        return cls(**{name: m[name] for name in cls.__dataclass_fields__})
+        return cls(**fields_of(row._mapping, cls))
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from scheduler.errors import NotFoundError
 from scheduler.store import reads
 from scheduler.store.db import Database
 from scheduler.store.reads import RunRow as RunRow  # its home; imported from here too
-from scheduler.store.reads import instant
+from scheduler.store.reads import Timed, instant
 from scheduler.store.schema import as_utc, runs
 
 
@@ -42,7 +42,7 @@ class LatestTimes(NamedTuple):
 
 
 @dataclass(frozen=True)
-class RunBrief:
+class RunBrief(Timed):
     """A run without its log and error text: what a status strip or a duration chart needs."""
 
     id: int
@@ -52,12 +52,6 @@ class RunBrief:
     status: str
     started_at: datetime | None
     finished_at: datetime | None
-
-    @property
-    def duration_seconds(self) -> float | None:
-        if self.started_at is None or self.finished_at is None:
-            return None
-        return (self.finished_at - self.started_at).total_seconds()
 
 
 _BRIEF = (

@@ -17,6 +17,7 @@ import sqlalchemy as sa
 
 from scheduler.store.db import Database, upsert_insert
 from scheduler.store.outbox import insert_notice
+from scheduler.store.reads import fields_of
 from scheduler.store.schema import incidents
 
 Payload = dict[str, Any] | None  # None: Slack is not configured, queue nothing
@@ -40,8 +41,7 @@ class IncidentRow:
 
     @classmethod
     def from_row(cls, row: sa.Row[Any]) -> IncidentRow:
-        m = row._mapping
-        values = {name: m[name] for name in cls.__dataclass_fields__}
+        values = fields_of(row._mapping, cls)
         values["details"] = dict(values["details"] or {})
         return cls(**values)
 
@@ -92,40 +92,18 @@ class IncidentRepository:
         queued. Nothing is queued either if nobody was told it opened.
         """
         with self.db.write() as conn:
-            row = conn.execute(
-                incidents.update()
-                .where(incidents.c.id == incident_id, incidents.c.closed_at.is_(None))
-                .values(closed_at=now)
-                .returning(*incidents.c)
-            ).first()
-            if row is None:
-                return None
-            incident = IncidentRow.from_row(row)
-            if incident.last_notified_at is not None and payload is not None:
-                insert_notice(conn, incident.id, "recover", payload, now)
-            return incident
+            row = _transition(conn, incident_id, "recover", payload, now, closed_at=now)
+        return None if row is None else IncidentRow.from_row(row)
 
     def realert(self, incident_id: int, due_before: datetime, now: datetime, payload: Payload) -> bool:
         """Queue a reminder if the last notice was queued at or before `due_before`.
 
         False if not due, or another process reminded first.
         """
+        due = incidents.c.last_notified_at <= due_before
         with self.db.write() as conn:
-            row = conn.execute(
-                incidents.update()
-                .where(
-                    incidents.c.id == incident_id,
-                    incidents.c.closed_at.is_(None),
-                    incidents.c.last_notified_at <= due_before,
-                )
-                .values(last_notified_at=now)
-                .returning(incidents.c.id)
-            ).first()
-            if row is None:
-                return False
-            if payload is not None:
-                insert_notice(conn, incident_id, "realert", payload, now)
-            return True
+            row = _transition(conn, incident_id, "realert", payload, now, due, last_notified_at=now)
+        return row is not None
 
     def update_text(
         self,
@@ -141,22 +119,12 @@ class IncidentRepository:
         The UPDATE matches only while the summary is still `expected_summary`:
         False if the incident closed or another process updated it first.
         """
+        unchanged = incidents.c.summary == expected_summary
         with self.db.write() as conn:
-            row = conn.execute(
-                incidents.update()
-                .where(
-                    incidents.c.id == incident_id,
-                    incidents.c.closed_at.is_(None),
-                    incidents.c.summary == expected_summary,
-                )
-                .values(summary=summary, details=details)
-                .returning(incidents.c.last_notified_at)
-            ).first()
-            if row is None:
-                return False
-            if payload is not None and row.last_notified_at is not None:
-                insert_notice(conn, incident_id, "update", payload, now)
-            return True
+            row = _transition(
+                conn, incident_id, "update", payload, now, unchanged, summary=summary, details=details
+            )
+        return row is not None
 
     def record_outage(
         self,
@@ -215,3 +183,26 @@ class IncidentRepository:
             query = query.where(incidents.c.closed_at.is_(None))
         with self.db.read() as conn:
             return [IncidentRow.from_row(r) for r in conn.execute(query.limit(limit))]
+
+
+def _transition(
+    conn: sa.Connection,
+    incident_id: int,
+    event: str,
+    payload: Payload,
+    now: datetime,
+    *conditions: sa.ColumnElement[bool],
+    **values: Any,
+) -> sa.Row[Any] | None:
+    """Write `values` on the incident while it is open (and `conditions` hold), and queue `payload`
+    as its `event` notice if anyone was told it opened. Returns the row as written, or None (and
+    queues nothing) when another process closed or changed it first."""
+    row = conn.execute(
+        incidents.update()
+        .where(incidents.c.id == incident_id, incidents.c.closed_at.is_(None), *conditions)
+        .values(**values)
+        .returning(*incidents.c)
+    ).first()
+    if row is not None and payload is not None and row.last_notified_at is not None:
+        insert_notice(conn, incident_id, event, payload, now)
+    return row

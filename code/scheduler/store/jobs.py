@@ -93,6 +93,11 @@ class JobRepository:
         with self.db.read() as conn:
             return [JobRow.from_row(r) for r in conn.execute(_ALL)]
 
+    def names(self) -> set[str]:
+        """The names of every job in the database (no definitions decoded)."""
+        with self.db.read() as conn:
+            return set(conn.execute(sa.select(jobs.c.name)).scalars())
+
     def count(self) -> int:
         with self.db.read() as conn:
             return int(conn.execute(sa.select(sa.func.count()).select_from(jobs)).scalar_one())

@@ -19,6 +19,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from scheduler.store.db import Database
+from scheduler.store.reads import fields_of
 from scheduler.store.schema import incidents, outbox
 
 # Events that refer to the incident's opening message: a reply in its thread, or an edit of it.
@@ -43,8 +44,7 @@ class OutboxRow:
 
     @classmethod
     def from_row(cls, row: sa.Row[Any]) -> OutboxRow:
-        m = row._mapping
-        values = {name: m[name] for name in cls.__dataclass_fields__}
+        values = fields_of(row._mapping, cls)
         values["payload"] = dict(values["payload"])
         return cls(**values)
 
@@ -159,40 +159,36 @@ class OutboxRepository:
 
     def mark_retry(self, notice_id: int, worker: str, next_attempt_at: datetime, error: str) -> bool:
         """Give the notice back, due again at `next_attempt_at`. False if no longer held."""
-        with self.db.write() as conn:
-            result = conn.execute(
-                outbox.update()
-                .where(*_held(notice_id, worker))
-                .values(
-                    next_attempt_at=next_attempt_at, last_error=error, claimed_by=None, claimed_until=None
-                )
-            )
-            return result.rowcount == 1
+        return self._write_held(
+            notice_id,
+            worker,
+            next_attempt_at=next_attempt_at,
+            last_error=error,
+            claimed_by=None,
+            claimed_until=None,
+        )
 
     def release(self, notice_id: int, worker: str, next_attempt_at: datetime) -> bool:
         """Give back a claimed notice that was not attempted; its attempt is not counted."""
-        with self.db.write() as conn:
-            result = conn.execute(
-                outbox.update()
-                .where(*_held(notice_id, worker))
-                .values(
-                    claimed_by=None,
-                    claimed_until=None,
-                    next_attempt_at=next_attempt_at,
-                    attempts=outbox.c.attempts - 1,
-                )
-            )
-            return result.rowcount == 1
+        return self._write_held(
+            notice_id,
+            worker,
+            claimed_by=None,
+            claimed_until=None,
+            next_attempt_at=next_attempt_at,
+            attempts=outbox.c.attempts - 1,
+        )
 
     def mark_failed(self, notice_id: int, worker: str, error: str) -> bool:
         """Give up on the notice (Slack refused it for good). False if no longer held."""
+        return self._write_held(notice_id, worker, status="failed", last_error=error, claimed_until=None)
+
+    def _write_held(self, notice_id: int, worker: str, **values: Any) -> bool:
+        """Write `values` on a notice this worker still holds; False if it no longer does."""
         with self.db.write() as conn:
-            result = conn.execute(
-                outbox.update()
-                .where(*_held(notice_id, worker))
-                .values(status="failed", last_error=error, claimed_until=None)
+            return (
+                conn.execute(outbox.update().where(*_held(notice_id, worker)).values(**values)).rowcount == 1
             )
-            return result.rowcount == 1
 
     def notices(self, incident_id: int | None = None, limit: int = 100) -> list[OutboxRow]:
         """Oldest first (what was queued, and what became of it)."""

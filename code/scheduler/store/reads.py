@@ -34,6 +34,25 @@ def instant(value: datetime | str) -> datetime:
     return as_utc(value if isinstance(value, datetime) else datetime.fromisoformat(value))
 
 
+def fields_of(m: Mapping[Any, Any], cls: type[Any], **columns: str) -> dict[str, Any]:
+    """A row's values for the fields of the dataclass `cls`, each read from the column of its
+    name, or from the one given as field="column"."""
+    return {name: m[columns.get(name, name)] for name in cls.__dataclass_fields__}
+
+
+class Timed:
+    """The duration of a run that has started and ended, for RunRow and `history.RunBrief`."""
+
+    started_at: datetime | None
+    finished_at: datetime | None
+
+    @property
+    def duration_seconds(self) -> float | None:
+        if self.started_at is None or self.finished_at is None:
+            return None
+        return (self.finished_at - self.started_at).total_seconds()
+
+
 @dataclass(frozen=True)
 class JobRow:
     """A job as stored; `scheduler.jobs.effective` says when it runs next."""
@@ -63,25 +82,12 @@ class JobRow:
 
     @classmethod
     def from_mapping(cls, m: Mapping[str, Any]) -> JobRow:
-        return cls(
-            name=m["name"],
-            definition=dict(m["definition"]),
-            schedule_text=m["schedule"],
-            anchor_at=m["anchor_at"],
-            defined_at=m["defined_at"],
-            updated_at=m["updated_at"],
-            loaded_at=m["loaded_at"],
-            paused=bool(m["paused"]),
-            override_interval_seconds=m["override_interval_seconds"],
-            override_cron=m["override_cron"],
-            override_timezone=m["override_timezone"],
-            changed_by=m["changed_by"],
-            changed_at=m["changed_at"],
-        )
+        values = fields_of(m, cls, schedule_text="schedule")
+        return cls(**values | {"definition": dict(values["definition"]), "paused": bool(values["paused"])})
 
 
 @dataclass(frozen=True)
-class RunRow:
+class RunRow(Timed):
     id: int
     job: str
     scheduled_for: datetime
@@ -102,12 +108,6 @@ class RunRow:
     lease_expires_at: datetime | None
 
     @property
-    def duration_seconds(self) -> float | None:
-        if self.started_at is None or self.finished_at is None:
-            return None
-        return (self.finished_at - self.started_at).total_seconds()
-
-    @property
     def lateness_seconds(self) -> float | None:
         if self.started_at is None or self.trigger == "manual":
             return None
@@ -120,7 +120,7 @@ class RunRow:
 
     @classmethod
     def from_mapping(cls, m: Mapping[str, Any]) -> RunRow:
-        return cls(**{name: m[name] for name in cls.__dataclass_fields__})
+        return cls(**fields_of(m, cls))
 
 
 class JobReader(Protocol):

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -19,7 +20,7 @@ from scheduler.store.cluster import LeaderFence
 from scheduler.store.db import Database
 from scheduler.store.history import RunReads, RunRow
 from scheduler.store.schema import FINAL_STATUSES as FINAL
-from scheduler.store.schema import runs
+from scheduler.store.schema import fenced, runs
 
 __all__ = ["DIED_WHILE_RUNNING", "Claim", "Claimed", "Outcome", "Owner", "RunRepository"]
 
@@ -28,7 +29,8 @@ DIED_WHILE_RUNNING = "died while running it"  # ends the error text of a run its
 
 @dataclass(frozen=True)
 class Outcome:
-    """The end of a run, as the worker reports it."""
+    """The end of a run, as the worker reports it. Status `queued`: a run that never began,
+    handed back (its row is queued again, for any instance to take)."""
 
     run_id: int
     fence: int
@@ -80,23 +82,16 @@ class RunRepository(RunClaims, RunReads):
                 conn.execute(_MARK_STARTED, params[start : start + CHUNK])
 
     def set_attempt(self, run_id: int, fence: int, attempt: int) -> bool:
-        with self.db.write() as conn:
-            result = conn.execute(
-                runs.update()
-                .where(runs.c.id == run_id, runs.c.fence == fence, runs.c.status == "running")
-                .values(attempt=attempt)
-            )
-            return result.rowcount == 1
+        """Write the attempt a run is at; False if its lease was lost."""
+        return self._write_running(run_id, fence, attempt=attempt)
 
     def note_stack(self, run_id: int, fence: int, stack: str) -> bool:
         """Keep the stack of a run stuck past its timeout on its row while it runs; the end replaces it."""
+        return self._write_running(run_id, fence, error_traceback=bulk.text_value(stack))
+
+    def _write_running(self, run_id: int, fence: int, **values: Any) -> bool:
         with self.db.write() as conn:
-            result = conn.execute(
-                runs.update()
-                .where(runs.c.id == run_id, runs.c.fence == fence, runs.c.status == "running")
-                .values(error_traceback=bulk.text_value(stack))
-            )
-            return result.rowcount == 1
+            return conn.execute(runs.update().where(fenced(run_id, fence)).values(**values)).rowcount == 1
 
     def renew(self, owner: str, lease_until: datetime, ids: Collection[int] | None = None) -> int:
         """Extend the leases of this instance's running runs (only `ids`, if given); returns how many.
@@ -195,11 +190,6 @@ class RunRepository(RunClaims, RunReads):
 # Run for every batch of starts: built once, as the claim statements in claims.py are.
 _MARK_STARTED = (
     runs.update()
-    .where(
-        runs.c.id == sa.bindparam("m_id"),
-        runs.c.fence == sa.bindparam("m_fence"),
-        runs.c.status == "running",
-        runs.c.started_at.is_(None),
-    )
+    .where(fenced(sa.bindparam("m_id"), sa.bindparam("m_fence")), runs.c.started_at.is_(None))
     .values(started_at=sa.bindparam("m_at"))
 )

@@ -89,6 +89,13 @@ runs = sa.Table(
     sa.Index("ix_runs_scheduled_for", "scheduled_for"),
 )
 
+
+def fenced(run_id: Any, fence: Any) -> sa.ColumnElement[bool]:
+    """What every write to a running run matches: its row, still at `fence` and running. An instance
+    whose lease was taken away (a reaper moved the fence on) matches nothing and writes nothing."""
+    return sa.and_(runs.c.id == run_id, runs.c.fence == fence, runs.c.status == "running")
+
+
 instances = sa.Table(
     "instances",
     metadata,

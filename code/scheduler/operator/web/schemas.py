@@ -16,14 +16,19 @@ def ref(name: str) -> dict[str, str]:
     return {"$ref": f"#/components/schemas/{name}"}
 
 
+def complete(properties: dict[str, Any]) -> dict[str, Any]:
+    """An object with these properties, all present (others may be added)."""
+    return {"type": "object", "properties": properties, "required": list(properties)}
+
+
 def strict(**properties: Any) -> dict[str, Any]:
     """An object with exactly these properties, all present."""
-    return {
-        "type": "object",
-        "properties": properties,
-        "required": list(properties),
-        "additionalProperties": False,
-    }
+    return complete(properties) | {"additionalProperties": False}
+
+
+def extends(name: str, **properties: Any) -> dict[str, Any]:
+    """Component `name` with these properties added, all present."""
+    return {"allOf": [ref(name), complete(properties)]}
 
 
 def schemas() -> dict[str, Any]:
@@ -58,21 +63,10 @@ def schemas() -> dict[str, Any]:
         "error_type": NULL_STRING,
         "error_message": NULL_STRING,
     }
-    run = {"type": "object", "properties": run_fields, "required": list(run_fields)}
-    run_detail = {
-        "allOf": [
-            ref("Run"),
-            {
-                "type": "object",
-                "properties": {
-                    "log": NULL_STRING,
-                    "log_truncated": {"type": "boolean"},
-                    "error_traceback": NULL_STRING,
-                },
-                "required": ["log", "log_truncated", "error_traceback"],
-            },
-        ]
-    }
+    run = complete(run_fields)
+    run_detail = extends(
+        "Run", log=NULL_STRING, log_truncated={"type": "boolean"}, error_traceback=NULL_STRING
+    )
     job_fields = {
         "name": {"type": "string"},
         "schedule": {"type": "string", "description": "the effective schedule, e.g. 'every 5m'"},
@@ -89,21 +83,13 @@ def schemas() -> dict[str, Any]:
         "changed_at": NULL_TIME,
         "loaded_at": NULL_TIME,
     }
-    job = {"type": "object", "properties": job_fields, "required": list(job_fields)}
-    job_detail = {
-        "allOf": [
-            ref("Job"),
-            {
-                "type": "object",
-                "properties": {
-                    "definition": {"type": "object"},
-                    "override": {"type": "object"},
-                    "recent_runs": {"type": "array", "items": ref("Run")},
-                },
-                "required": ["definition", "override", "recent_runs"],
-            },
-        ]
-    }
+    job = complete(job_fields)
+    job_detail = extends(
+        "Job",
+        definition={"type": "object"},
+        override={"type": "object"},
+        recent_runs={"type": "array", "items": ref("Run")},
+    )
     return {
         "Error": {"type": "object", "properties": {"error": {"type": "string"}}, "required": ["error"]},
         "Slot": slot,
