@@ -32,6 +32,9 @@ ENDED_KEPT = 20_000
 # A thread run this far past its timeout is stuck: its stack is noted on its run row, where the
 # watchdog's "overrunning" incident shows it. A thread cannot be killed; it keeps its pool thread.
 STUCK_MARGIN = 10.0
+# Runs claimed ahead and due this soon count as a backlog (see `backlogged`): work that can wait
+# (a watchdog pass) is not started in the second before a burst.
+BACKLOG_AHEAD = 1.0
 
 
 class JobContext:
@@ -309,8 +312,11 @@ class Runner:
             return list(self._active.values())
 
     def backlogged(self) -> bool:
-        """Runs wait here: for a thread, or claimed ahead for their slot."""
-        return bool(self._waiting or self._held)
+        """Runs wait here for a thread, or runs claimed ahead are due within BACKLOG_AHEAD."""
+        if self._waiting:
+            return True
+        held = self._held
+        return bool(held) and (held[0][0] - self.clock.now()).total_seconds() <= BACKLOG_AHEAD
 
     def has_runs(self) -> bool:
         return bool(self._active)
