@@ -53,9 +53,11 @@ DEFAULTS: dict[str, Any] = {
     "log_level": "INFO",
     "pool_size": 8,
     "drain_wait": 20.0,  # most seconds waited after the last slot for its rows to be written
-    # py-spy over the last observed slot: {"out": "prefix", "seconds": 6, "flags": ["--gil"]}.
+    # py-spy over the last observed slot: {"out": "prefix", "seconds": 6, "flags": ["--gil"]},
+    # from "from" seconds after the slot (default -0.3).
     # Writes prefix-iN.txt (raw folded stacks) per instance. Off by default: it slows the daemon.
     "profile": None,
+    "settings": {},  # more daemon settings, e.g. {"claim_ahead": "4s"} (SCHEDULER_CLAIM_AHEAD)
 }
 
 
@@ -139,7 +141,7 @@ def _ours(p: dict[str, Any], base: Path, url: str, sink: Path) -> tuple[list[flo
     store = Store(url)
     store.upgrade()
     store.dispose()
-    extra = {"pool_size": p["pool_size"], "log_level": p["log_level"]}
+    extra = {"pool_size": p["pool_size"], "log_level": p["log_level"], **p["settings"]}
     spawned = time.time()
     procs = [spawn_instance(base, url, f"i{k}", base / "jobs", **extra) for k in range(p["instances"])]
     watcher = _Watcher(url, [proc.pid for proc in procs])
@@ -174,7 +176,7 @@ def _profile(
     """Record each instance with py-spy from just before `slot` (see DEFAULTS["profile"])."""
 
     def record(k: int, pid: int) -> None:
-        _sleep_until(slot - 0.3)
+        _sleep_until(slot + spec.get("from", -0.3))
         cmd = [
             str(Path(sys.executable).parent / "py-spy"),
             "record",

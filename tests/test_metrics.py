@@ -23,7 +23,7 @@ from scheduler.engine.runner import ActiveRun, JobContext
 from scheduler.jobs.effective import schedule_of
 from scheduler.jobs.registry import make_spec
 from scheduler.operator.jobseries import Families
-from scheduler.operator.metrics import Metrics
+from scheduler.operator.metrics import DURATION_BUCKETS, BatchHistogram, Metrics
 from scheduler.store import Claim, Claimed, InstanceRow, Outcome, Owner, Store
 
 from tests.support.polling import wait_until
@@ -353,3 +353,18 @@ def test_a_running_service_serves_metrics_health_and_api(service: Service) -> No
         assert response.status == 200
     with urllib.request.urlopen(base + "/api/jobs", timeout=5) as response:
         assert response.read().count(b'"name": "quick.tick"') == 1
+
+
+def test_a_batched_histogram_exposes_what_a_prometheus_client_histogram_of_the_same_values_does() -> None:
+    from prometheus_client import CollectorRegistry, Histogram
+
+    values = [0.0, 0.01, 0.0100001, 0.05, 0.3, 1, 1.0, 4.99, 5, 59.9, 3600, 4 * 3600, 4 * 3600 + 1, 1e9]
+    ours, theirs = CollectorRegistry(), CollectorRegistry()
+    batched = BatchHistogram("x_seconds", "X.", DURATION_BUCKETS)
+    ours.register(batched)
+    reference = Histogram("x_seconds", "X.", buckets=DURATION_BUCKETS, registry=theirs)
+    batched.observe_many(values[:5])
+    batched.observe_many(values[5:])
+    for value in values:
+        reference.observe(value)
+    assert generate_latest(ours) == generate_latest(theirs)

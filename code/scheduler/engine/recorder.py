@@ -31,7 +31,8 @@ MAX_BACKOFF = 10.0
 # timeouts (connect 3 s, statement 15 s) end it, and its batch must not be dropped.
 IN_FLIGHT_WAIT = 30.0
 # A run still executing this long after it began gets its start written (other instances then
-# see its job busy); a shorter run's start is written with its end, in the same batch.
+# see its job busy) and its start line logged; a shorter run's start is written with its end, in
+# the same batch, and its end line (with its slot and duration) is its one line in the log.
 BEGUN_DELAY = 0.05
 # After the first end of a burst, wait this long for more before writing: ends go in batches,
 # not one transaction each.
@@ -52,6 +53,7 @@ class Recorder:
         self._write = write
         self._mark_started = mark_started
         self._begun: dict[int, tuple[int, datetime, float]] = {}
+        self._begun_runs: dict[int, Claimed] = {}
         self._write_attempt = write_attempt
         self._attempts: dict[int, tuple[int, int]] = {}  # run_id -> (fence, attempt) of a retry begun
         self.spool = spool
@@ -67,7 +69,8 @@ class Recorder:
 
     def record(self, outcome: Outcome) -> None:
         with self._cond:
-            self._begun.pop(outcome.run_id, None)
+            if self._begun.pop(outcome.run_id, None) is not None:
+                del self._begun_runs[outcome.run_id]
             self._queue.append(outcome)
             if len(self._queue) in (1, BATCH):  # the writer waits for the first, or gathers up to BATCH
                 self._cond.notify()
@@ -79,6 +82,7 @@ class Recorder:
         with self._cond:
             first = not self._begun
             self._begun[claimed.run_id] = (claimed.fence, at, time.monotonic())
+            self._begun_runs[claimed.run_id] = claimed
             if first:  # the writer's wait now has a deadline; otherwise it already has one
                 self._cond.notify()
 
@@ -95,9 +99,21 @@ class Recorder:
                 del self._begun[run_id]
         return due
 
+    def _log_started(self, runs: list[Claimed]) -> None:
+        for claimed in runs:
+            log.info(
+                "run %s of %s started (slot %s)",
+                claimed.run_id,
+                claimed.job,
+                claimed.scheduled_for.isoformat(),
+                extra={"job": claimed.job, "run_id": claimed.run_id, "action": "start"},
+            )
+
     def _write_marks(self) -> None:
         with self._cond:
             marks = self._due_marks(take=True)
+            started = [self._begun_runs.pop(m[0]) for m in marks] if isinstance(marks, list) else []
+        self._log_started(started)
         if self._mark_started is None or not isinstance(marks, list):
             return
         try:

@@ -17,9 +17,12 @@ costs one counter update per status and per job, not one per run.
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import logging
+import math
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -31,7 +34,9 @@ from prometheus_client import (
     disable_created_metrics,
     generate_latest,
 )
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from scheduler import __version__
 from scheduler.clock import Clock
@@ -75,6 +80,38 @@ class DatabaseFacts:
     incidents: dict[str, int]  # open ones, by kind
 
 
+class BatchHistogram(Collector):
+    """A histogram without labels whose observations are added a batch at a time."""
+
+    def __init__(self, name: str, documentation: str, buckets: Sequence[float]) -> None:
+        self.name, self.documentation = name, documentation
+        self.bounds = [float(b) for b in buckets] + [math.inf]
+        self.counts = [0] * len(self.bounds)
+        self.total = 0.0
+        self._lock = threading.Lock()
+
+    def observe_many(self, values: Sequence[float]) -> None:
+        if not values:
+            return
+        bounds = self.bounds
+        with self._lock:
+            counts, total = self.counts, self.total
+            for value in values:
+                counts[bisect.bisect_left(bounds, value)] += 1  # the first bucket with le >= value
+                total += value
+            self.total = total
+
+    def collect(self) -> Iterator[Metric]:
+        with self._lock:
+            counts, total = list(self.counts), self.total
+        cumulative = list(itertools.accumulate(counts))
+        buckets = [
+            (floatToGoString(b), float(n))  # type: ignore[no-untyped-call]
+            for b, n in zip(self.bounds, cumulative, strict=True)
+        ]
+        yield HistogramMetricFamily(self.name, self.documentation, buckets=buckets, sum_value=total)
+
+
 class Metrics:
     def __init__(
         self,
@@ -106,16 +143,17 @@ class Metrics:
             ["status"],
             registry=self.registry,
         )
-        self.duration, self.lateness = (
-            Histogram(
-                name,
-                text + (", by job." if per_job_histograms else "."),
-                by_job,
-                buckets=buckets,
-                registry=self.registry,
+        if per_job_histograms:
+            self.by_job = tuple(
+                Histogram(name, text + ", by job.", by_job, buckets=buckets, registry=self.registry)
+                for name, text, buckets in HISTOGRAMS
             )
-            for name, text, buckets in HISTOGRAMS
-        )
+        else:  # observed a batch at a time: a prometheus_client observe per run cost ~4 us each
+            self.batched = tuple(
+                BatchHistogram(name, text + ".", buckets) for name, text, buckets in HISTOGRAMS
+            )
+            for histogram in self.batched:
+                self.registry.register(histogram)
 
     def observe_ended(self) -> None:
         """Count the runs that ended since the last call (off the pool threads)."""
@@ -128,6 +166,8 @@ class Metrics:
     def observe_runs(self, runs: Iterable[ActiveRun]) -> None:
         """Count finished runs: the counters once per (job, status) of the batch."""
         ended: dict[tuple[str, str], int] = {}
+        durations: list[float] = []
+        latenesses: list[float] = []
         for run in runs:
             outcome = run.outcome
             if outcome is None:
@@ -136,13 +176,21 @@ class Metrics:
             ended[key] = ended.get(key, 0) + 1
             if outcome.started_at is None:
                 continue
-            duration, lateness = self.duration, self.lateness
-            if self.per_job_histograms:
-                duration, lateness = duration.labels(run.spec.name), lateness.labels(run.spec.name)
-            duration.observe((outcome.finished_at - outcome.started_at).total_seconds())
+            duration = (outcome.finished_at - outcome.started_at).total_seconds()
+            late = None
             if run.claimed.trigger != "manual":
-                late = (outcome.started_at - run.claimed.scheduled_for).total_seconds()
-                lateness.observe(max(0.0, late))
+                late = max(0.0, (outcome.started_at - run.claimed.scheduled_for).total_seconds())
+            if self.per_job_histograms:
+                self.by_job[0].labels(run.spec.name).observe(duration)
+                if late is not None:
+                    self.by_job[1].labels(run.spec.name).observe(late)
+                continue
+            durations.append(duration)
+            if late is not None:
+                latenesses.append(late)
+        if not self.per_job_histograms:
+            self.batched[0].observe_many(durations)
+            self.batched[1].observe_many(latenesses)
         by_status: dict[str, int] = {}
         for (_job, status), n in ended.items():
             by_status[status] = by_status.get(status, 0) + n

@@ -139,7 +139,13 @@ class RunClaims:
                     }
                 )
             if conn.dialect.name == "sqlite":
-                slots = {(c.job, bulk.stored_text(conn, c.scheduled_for)): c.scheduled_for for c in claims}
+                texts: dict[datetime, str] = {}  # a burst shares one slot
+                slots = {}
+                for c in claims:
+                    text = texts.get(c.scheduled_for)
+                    if text is None:
+                        text = texts[c.scheduled_for] = bulk.stored_text(conn, c.scheduled_for)
+                    slots[(c.job, text)] = c.scheduled_for
                 for run_id, job, stored, status, trigger in bulk.insert_claims(conn, rows):
                     won.append(Claimed(run_id, job, slots[(job, str(stored))], status, 1, trigger))
                 return won, left
