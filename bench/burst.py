@@ -57,6 +57,7 @@ DEFAULTS: dict[str, Any] = {
     # from "from" seconds after the slot (default -0.3).
     # Writes prefix-iN.txt (raw folded stacks) per instance. Off by default: it slows the daemon.
     "profile": None,
+    "settings": {},  # more daemon settings, e.g. {"claim_ahead": "4s"} (SCHEDULER_CLAIM_AHEAD)
 }
 
 
@@ -140,7 +141,7 @@ def _ours(p: dict[str, Any], base: Path, url: str, sink: Path) -> tuple[list[flo
     store = Store(url)
     store.upgrade()
     store.dispose()
-    extra = {"pool_size": p["pool_size"], "log_level": p["log_level"]}
+    extra = {"pool_size": p["pool_size"], "log_level": p["log_level"], **p["settings"]}
     spawned = time.time()
     procs = [spawn_instance(base, url, f"i{k}", base / "jobs", **extra) for k in range(p["instances"])]
     watcher = _Watcher(url, [proc.pid for proc in procs])

@@ -474,3 +474,29 @@ def test_runs_claimed_ahead_are_handed_back_at_shutdown_and_a_peer_takes_them(
         assert h.runner.release(clock.now()) == 0  # nothing of it is left here
     finally:
         h.close()
+
+
+def test_the_runner_is_backlogged_while_runs_wait_for_a_thread_or_a_burst_is_a_moment_away(
+    clock: FakeClock,
+) -> None:
+    outcomes: list[Outcome] = []
+    release, stop = threading.Event(), threading.Event()
+    runner = Runner(clock, 1, 64 * 1024, outcomes.append, lambda c, a: None, stop)
+    try:
+        hold, ahead = every("hold.job", 60, lambda: release.wait(WAIT)), every("ahead.job", 30)
+        runner.start_many([(_claimed(1, ahead, clock.now() + timedelta(seconds=5)), ahead)])
+        assert not runner.backlogged()  # a burst 5 s away: the watchdog may still make its pass
+        clock.advance(timedelta(seconds=4.5))
+        assert runner.backlogged()
+        clock.advance(timedelta(seconds=0.5))
+        runner.release(clock.now())
+        assert runner.wait_idle(WAIT) and not runner.backlogged()
+        runner.start_many([(_claimed(2, hold, clock.now()), hold)])
+        wait_until(lambda: runner.executing() == 1)
+        assert not runner.backlogged()  # executing is not waiting
+        runner.start_many([(_claimed(3, ahead, clock.now()), ahead)])
+        assert runner.backlogged()  # waits for the only thread
+    finally:
+        release.set()
+        runner.wait_idle(WAIT)
+        runner.shutdown()

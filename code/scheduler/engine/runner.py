@@ -32,12 +32,15 @@ ENDED_KEPT = 20_000
 # A thread run this far past its timeout is stuck: its stack is noted on its run row, where the
 # watchdog's "overrunning" incident shows it. A thread cannot be killed; it keeps its pool thread.
 STUCK_MARGIN = 10.0
+# Runs claimed ahead and due this soon count as a backlog (see `backlogged`): work that can wait
+# (a watchdog pass) is not started in the second before a burst.
+BACKLOG_AHEAD = 1.0
 
 
 class JobContext:
     """What a job function receives when it takes one argument."""
 
-    __slots__ = ("job", "scheduled_for", "run_id", "attempt", "log", "_cancelled")
+    __slots__ = ("job", "scheduled_for", "run_id", "attempt", "_log", "_cancelled")
     _lazy = threading.Lock()
 
     def __init__(
@@ -46,15 +49,22 @@ class JobContext:
         scheduled_for: datetime,
         run_id: int,
         attempt: int,
-        log: logging.Logger,
+        log: logging.Logger | None = None,
         cancelled: threading.Event | None = None,
     ) -> None:
         self.job = job
         self.scheduled_for = scheduled_for
         self.run_id = run_id
         self.attempt = attempt
-        self.log = log
+        self._log = log  # the job's logger, `scheduler.job.<name>`, looked up when first used
         self._cancelled = cancelled  # made when first asked for: most runs never are
+
+    @property
+    def log(self) -> logging.Logger:
+        """The job's logger (`scheduler.job.<name>`); what it logs lands in the run's log."""
+        if self._log is None:
+            self._log = logging.getLogger(f"scheduler.job.{self.job}")
+        return self._log
 
     @property
     def cancelled(self) -> threading.Event:
@@ -137,7 +147,6 @@ class Runner:
         self._seq = itertools.count()
         self._queued_of: dict[str, ActiveRun] = {}  # the newest run of each job in _waiting
         self._executing: Counter[str] = Counter()  # jobs with a run executing here
-        self._loggers: dict[str, logging.Logger] = {}  # each job's logger, looked up once
         self._parked: dict[str, deque[ActiveRun]] = {}  # overlap "queue": wait for the job's run to end
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
@@ -162,12 +171,8 @@ class Runner:
         A run whose slot is still ahead (claimed early) is held until `release` reaches it."""
         mono, now = self.clock.monotonic(), self.clock.now()
         prepared = []
-        loggers = self._loggers
         for claimed, spec in runs:
-            logger = loggers.get(spec.name)
-            if logger is None:
-                logger = loggers[spec.name] = logging.getLogger(f"scheduler.job.{spec.name}")
-            ctx = JobContext(spec.name, claimed.scheduled_for, claimed.run_id, claimed.attempt, logger)
+            ctx = JobContext(spec.name, claimed.scheduled_for, claimed.run_id, claimed.attempt)
             ahead = max(0.0, (claimed.scheduled_for - now).total_seconds())
             deadline = mono + ahead + spec.timeout.total_seconds() if spec.timeout else None
             prepared.append(ActiveRun(claimed, spec, mono + ahead, ctx, deadline))
@@ -309,8 +314,11 @@ class Runner:
             return list(self._active.values())
 
     def backlogged(self) -> bool:
-        """Runs wait here: for a thread, or claimed ahead for their slot."""
-        return bool(self._waiting or self._held)
+        """Runs wait here for a thread, or runs claimed ahead are due within BACKLOG_AHEAD."""
+        if self._waiting:
+            return True
+        held = self._held
+        return bool(held) and (held[0][0] - self.clock.now()).total_seconds() <= BACKLOG_AHEAD
 
     def has_runs(self) -> bool:
         return bool(self._active)
