@@ -198,6 +198,20 @@ def test_pause_and_resume_write_audit_rows(store: Store) -> None:
     assert entries[1].details == {"paused": True}
 
 
+def test_changed_since_leaves_out_the_rows_the_caller_knows_with_the_same_stamp(store: Store) -> None:
+    store.jobs.sync([spec("known.same"), spec("known.changed"), spec("unknown.job")], NOW)
+    known = {r.name: r for r in store.jobs.all() if r.name.startswith("known.")}
+    store.jobs.set_paused("known.changed", True, "ops", NOW + timedelta(seconds=1))
+    changed = store.jobs.changed_since(NOW, known)
+    assert sorted(r.name for r in changed) == ["known.changed", "unknown.job"]
+    assert next(r for r in changed if r.name == "known.changed").paused
+    assert sorted(r.name for r in store.jobs.changed_since(NOW)) == [
+        "known.changed",
+        "known.same",
+        "unknown.job",
+    ]
+
+
 def test_schedule_override_is_audited_visible_to_pollers_and_can_be_unset(store: Store) -> None:
     store.jobs.sync([spec("over.job")], NOW)
     at = NOW + timedelta(minutes=10)

@@ -3,8 +3,9 @@
 Reading and decoding 10,000 job rows costs most of a scrape or a page. After
 the first full read, a refresh reads only the rows updated since the last one
 (`JobRepository.changed_since`, whose overlap absorbs commits that land out of
-timestamp order, as the dispatcher relies on), plus a count that catches a
-row removed behind its back, in which case it reads everything again.
+timestamp order, as the dispatcher relies on; of the rows in that overlap, only
+those whose stamp differs from the kept row's), plus a count that catches a row
+removed behind its back, in which case it reads everything again.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ class JobCatalog:
                 rows = {r.name: r for r in self.store.jobs.all()}
             else:
                 rows = dict(self._rows)
-                rows.update((r.name, r) for r in self.store.jobs.changed_since(self._since))
+                rows.update((r.name, r) for r in self.store.jobs.changed_since(self._since, self._rows))
                 if len(rows) != self.store.jobs.count():
                     rows = {r.name: r for r in self.store.jobs.all()}
             self._rows, self._since = rows, started

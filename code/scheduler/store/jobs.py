@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol
@@ -110,10 +110,24 @@ class JobRepository:
             raise NotFoundError(f"no job named {name!r}")
         return JobRow.from_row(row)
 
-    def changed_since(self, since: datetime) -> list[JobRow]:
+    def changed_since(self, since: datetime, known: Mapping[str, JobRow] | None = None) -> list[JobRow]:
+        """The rows updated at or after `since` (less CHANGE_OVERLAP).
+
+        With `known` (the caller's rows), a row stamped with the same `updated_at` as its
+        known one is left out, and not read: in the overlap after a sync of 10,000 jobs,
+        decoding every row again would cost far more than comparing their stamps.
+        """
+        recent = jobs.c.updated_at >= since - CHANGE_OVERLAP
         with self.db.read() as conn:
-            query = sa.select(jobs).where(jobs.c.updated_at >= since - CHANGE_OVERLAP)
-            return [JobRow.from_row(r) for r in conn.execute(query)]
+            if known is None:
+                return [JobRow.from_row(r) for r in conn.execute(sa.select(jobs).where(recent))]
+            stamps = conn.execute(sa.select(jobs.c.name, jobs.c.updated_at).where(recent))
+            stale = [n for n, at in stamps if n not in known or known[n].updated_at != at]
+            found: list[sa.Row[Any]] = []
+            for start in range(0, len(stale), 500):
+                chunk = stale[start : start + 500]
+                found.extend(conn.execute(sa.select(jobs).where(recent, jobs.c.name.in_(chunk))))
+            return [JobRow.from_row(r) for r in found]
 
     def set_paused(self, name: str, paused: bool, actor: str, now: datetime) -> JobRow:
         """Pause or resume. Raises NotFoundError."""
