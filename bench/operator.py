@@ -214,7 +214,7 @@ def bench_dashboard(jobs: int, renders: int = 3) -> dict[str, Any]:
 
 def _observe(metrics: Any, store: Any) -> None:
     """Feed the counters a run of every job, as the pool threads would."""
-    from scheduler.engine.runner import ActiveRun, JobContext
+    from scheduler.engine.context import ActiveRun, JobContext
     from scheduler.jobs.registry import make_spec
     from scheduler.store import Claimed, Outcome
 

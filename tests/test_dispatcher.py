@@ -17,8 +17,9 @@ from typing import Any
 import pytest
 from scheduler.clock import FakeClock
 from scheduler.cluster.health import Health
+from scheduler.engine.context import JobContext
 from scheduler.engine.dispatcher import Dispatcher
-from scheduler.engine.runner import JobContext, Runner
+from scheduler.engine.runner import Runner
 from scheduler.errors import JobDefinitionError
 from scheduler.jobs.registry import JobSpec, make_spec
 from scheduler.operator import queries

@@ -19,7 +19,7 @@ from scheduler.clock import FakeClock
 from scheduler.cluster.health import Health
 from scheduler.daemon.service import Service
 from scheduler.daemon.wiring import build_service
-from scheduler.engine.runner import ActiveRun, JobContext
+from scheduler.engine.context import ActiveRun, JobContext
 from scheduler.jobs.effective import schedule_of
 from scheduler.jobs.registry import make_spec
 from scheduler.operator.jobseries import Families

@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 from scheduler.clock import FakeClock
 from scheduler.engine import runlog
-from scheduler.engine.runner import JobContext, Runner
+from scheduler.engine.context import JobContext
+from scheduler.engine.runner import Runner
 from scheduler.jobs.registry import JobSpec, make_spec
 from scheduler.store import Claim, Claimed, Outcome, Owner, RunRow, Store
 

@@ -9,7 +9,8 @@ from pathlib import Path
 
 from scheduler.alerting.findings import overrunning
 from scheduler.clock import FakeClock
-from scheduler.engine.runner import STUCK_MARGIN, Runner
+from scheduler.engine.deadlines import STUCK_MARGIN
+from scheduler.engine.runner import Runner
 from scheduler.jobs.registry import make_spec
 from scheduler.store import Claim, Claimed, Outcome, Owner, Store
 

@@ -19,13 +19,13 @@ from typing import TYPE_CHECKING, Any
 __version__ = "1.0.0"
 
 if TYPE_CHECKING:
-    from scheduler.engine.runner import JobContext
+    from scheduler.engine.context import JobContext
     from scheduler.jobs.registry import JobSpec, job
 
 __all__ = ["JobContext", "JobSpec", "__version__", "job"]
 
 _LAZY = {
-    "JobContext": "scheduler.engine.runner",
+    "JobContext": "scheduler.engine.context",
     "JobSpec": "scheduler.jobs.registry",
     "job": "scheduler.jobs.registry",
 }

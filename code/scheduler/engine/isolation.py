@@ -283,7 +283,7 @@ def child_main(request: Request, send: multiprocessing.connection.Connection) ->
 
 def _call(request: Request) -> tuple[Any, ...]:
     from scheduler.engine import preload
-    from scheduler.engine.runner import JobContext
+    from scheduler.engine.context import JobContext
 
     cancelled = threading.Event()
     global _cancelled

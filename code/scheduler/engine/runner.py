@@ -9,99 +9,28 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
-import random
-import sys
 import threading
-import traceback
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from scheduler.clock import Clock
-from scheduler.engine import runlog
+from scheduler.engine import outcomes, runlog
+from scheduler.engine.attempts import Attempts
+from scheduler.engine.context import ActiveRun, JobContext
+from scheduler.engine.deadlines import Deadlines
 from scheduler.engine.guard import CrashLoopGuard
-from scheduler.engine.isolation import ChildFailed, ChildStopped, ProcessIsolation
-from scheduler.jobs.registry import JobSpec, retry_allowed
+from scheduler.engine.isolation import ProcessIsolation
+from scheduler.jobs.registry import JobSpec
 from scheduler.store import Claimed, Outcome
 
 log = logging.getLogger(__name__)
 
 # Finished runs kept for drain_ended (metrics) between two drains.
 ENDED_KEPT = 20_000
-# A thread run this far past its timeout is stuck: its stack is noted on its run row, where the
-# watchdog's "overrunning" incident shows it. A thread cannot be killed; it keeps its pool thread.
-STUCK_MARGIN = 10.0
 # Runs claimed ahead and due this soon count as a backlog (see `backlogged`): work that can wait
 # (a watchdog pass) is not started in the second before a burst.
 BACKLOG_AHEAD = 1.0
-
-
-class JobContext:
-    """What a job function receives when it takes one argument."""
-
-    __slots__ = ("job", "scheduled_for", "run_id", "attempt", "_log", "_cancelled")
-    _lazy = threading.Lock()
-
-    def __init__(
-        self,
-        job: str,
-        scheduled_for: datetime,
-        run_id: int,
-        attempt: int,
-        log: logging.Logger | None = None,
-        cancelled: threading.Event | None = None,
-    ) -> None:
-        self.job = job
-        self.scheduled_for = scheduled_for
-        self.run_id = run_id
-        self.attempt = attempt
-        self._log = log  # the job's logger, `scheduler.job.<name>`, looked up when first used
-        self._cancelled = cancelled  # made when first asked for: most runs never are
-
-    @property
-    def log(self) -> logging.Logger:
-        """The job's logger (`scheduler.job.<name>`); what it logs lands in the run's log."""
-        if self._log is None:
-            self._log = logging.getLogger(f"scheduler.job.{self.job}")
-        return self._log
-
-    @property
-    def cancelled(self) -> threading.Event:
-        """Set once the run passed its timeout or the daemon is shutting down."""
-        event = self._cancelled
-        if event is None:
-            with JobContext._lazy:
-                if self._cancelled is None:
-                    self._cancelled = threading.Event()
-                event = self._cancelled
-        return event
-
-    @property
-    def stopping(self) -> bool:
-        """True once the run passed its timeout or the daemon is shutting down."""
-        return self.cancelled.is_set()
-
-    def __repr__(self) -> str:
-        return (
-            f"JobContext(job={self.job!r}, scheduled_for={self.scheduled_for!r}, run_id={self.run_id}, "
-            f"attempt={self.attempt})"
-        )
-
-
-@dataclass
-class ActiveRun:
-    claimed: Claimed
-    spec: JobSpec
-    started_mono: float
-    ctx: JobContext
-    deadline_mono: float | None
-    overdue_logged: bool = False
-    stack_noted: bool = False
-    thread_id: int | None = None
-    began_at: datetime | None = None
-    outcome: Outcome | None = None  # set when the run ends, before `on_done`
-    log: runlog.LogBuffer | None = None  # what it logged so far, while it runs (the dashboard's tail)
 
 
 class Runner:
@@ -131,7 +60,6 @@ class Runner:
         guard: CrashLoopGuard | None = None,
         note_stack: Callable[[Claimed, str], None] = lambda claimed, stack: None,
     ) -> None:
-        self._note_stack = note_stack
         self.clock = clock
         self.isolation = isolation or ProcessIsolation()
         self.guard = guard
@@ -154,7 +82,8 @@ class Runner:
         self._closing = False
         self.ended_count = 0  # runs ended so far: whoever drives the runner looks, nothing is called
         self._ended_runs: deque[ActiveRun] = deque(maxlen=ENDED_KEPT)
-        self._deadlines: dict[int, ActiveRun] = {}
+        self._deadlines = Deadlines(lambda run: self.isolation.applies(run.spec), note_stack)
+        self._attempts = Attempts(clock, stop, self.isolation, began, set_attempt, self._outcome)
         self._threads = [
             threading.Thread(target=self._worker, name=f"job-{i}", daemon=True) for i in range(pool_size)
         ]
@@ -188,8 +117,7 @@ class Runner:
             for active in prepared:
                 if held.get(active.claimed.run_id) is not None:
                     continue
-                if active.deadline_mono is not None:
-                    self._deadlines[active.claimed.run_id] = active
+                self._deadlines.add(active)
                 if hold and active.claimed.scheduled_for > now:
                     heapq.heappush(self._held, (active.claimed.scheduled_for, next(self._seq), active))
                 else:
@@ -244,14 +172,6 @@ class Runner:
         self._waiting.append(active)
         return 1
 
-    def _overtaken(self, run: ActiveRun, slot: datetime, why: str) -> Outcome:
-        message = (
-            f"overloaded: slot {run.claimed.scheduled_for.isoformat()} had not started when slot "
-            f"{slot.isoformat()} came due ({len(self._waiting) + 1} runs waiting, "
-            f"{len(self._threads)} threads; {why})"
-        )
-        return self._outcome(run, "missed", run.claimed.attempt, None, None, message, "Overloaded")
-
     def supersede(self, due: dict[str, datetime], why: str) -> int:
         """Take out the waiting runs of these jobs whose slot is before the one now due; record
         each `missed` with an error text starting "overloaded:". Returns how many."""
@@ -298,17 +218,15 @@ class Runner:
 
     def _held_back(self, run: ActiveRun, until: datetime) -> Outcome:
         failures = self.guard.failures(run.spec.name) if self.guard else 0
-        message = f"crash-loop guard: {failures} failures in a row; next run not before {until.isoformat()}"
-        return Outcome(
-            run_id=run.claimed.run_id,
-            fence=run.claimed.fence,
-            status="skipped",
-            finished_at=self.clock.now(),
-            started_at=None,
-            attempt=run.claimed.attempt,
-            error_type="CrashLoop",
-            error_message=message,
-        )
+        return outcomes.held_back(run, failures, until, self.clock.now())
+
+    def _overtaken(self, run: ActiveRun, slot: datetime, why: str) -> Outcome:
+        waiting, threads = len(self._waiting) + 1, len(self._threads)
+        return outcomes.overtaken(run, slot, why, waiting, threads, self.clock.now())
+
+    def check_deadlines(self) -> float | None:
+        """Flag runs past their timeout (cooperative cancel); returns the next deadline."""
+        return self._deadlines.check(self.clock.monotonic())
 
     def active(self) -> list[ActiveRun]:
         with self._lock:
@@ -327,54 +245,6 @@ class Runner:
     def executing(self) -> int:
         with self._lock:
             return sum(self._executing.values())
-
-    def check_deadlines(self) -> float | None:
-        """Flag runs past their timeout (cooperative cancel); returns the next deadline."""
-        now = self.clock.monotonic()
-        upcoming: float | None = None
-        with self._lock:
-            timed = list(self._deadlines.values())  # only runs with a timeout: a burst has thousands
-        for run in timed:
-            if run.deadline_mono is None:
-                continue
-            if now >= run.deadline_mono:
-                if not run.overdue_logged:
-                    run.overdue_logged = True
-                    run.ctx.cancelled.set()
-                    log.warning(
-                        "run %s of %s passed its timeout of %ss and is still running",
-                        run.claimed.run_id,
-                        run.spec.name,
-                        run.spec.timeout.total_seconds() if run.spec.timeout else "?",
-                        extra={
-                            "job": run.spec.name,
-                            "run_id": run.claimed.run_id,
-                            "action": "overdue",
-                        },
-                    )
-                if now >= run.deadline_mono + STUCK_MARGIN:  # the loop calls this at least every second
-                    self._stuck(run)
-            elif upcoming is None or run.deadline_mono < upcoming:
-                upcoming = run.deadline_mono
-        return upcoming
-
-    def _stuck(self, run: ActiveRun) -> None:
-        """Note, once, the stack of a thread run stuck past its timeout (a process run is killed)."""
-        if run.stack_noted or run.thread_id is None or self.isolation.applies(run.spec):
-            return
-        run.stack_noted = True
-        frame = sys._current_frames().get(run.thread_id)
-        if frame is None:
-            return
-        stack = "".join(traceback.format_stack(frame))[-4000:]
-        log.warning(
-            "run %s of %s is stuck past its timeout; its thread is at:\n%s",
-            run.claimed.run_id,
-            run.spec.name,
-            stack.rstrip(),
-            extra={"job": run.spec.name, "run_id": run.claimed.run_id, "action": "stuck"},
-        )
-        self._note_stack(run.claimed, stack)
 
     def wait_idle(self, timeout: float) -> bool:
         """Wait until no run is active (real time); True if idle."""
@@ -413,7 +283,7 @@ class Runner:
         self._record(Outcome(run.claimed.run_id, run.claimed.fence, "queued", now, attempt=0))
         with self._idle:
             self._active.pop(run.claimed.run_id, None)
-            self._deadlines.pop(run.claimed.run_id, None)
+            self._deadlines.discard(run.claimed.run_id)
             self.ended_count += 1
             self._idle.notify_all()
 
@@ -453,82 +323,13 @@ class Runner:
                 started = f"run {claimed.run_id} of {spec.name} started (slot {slot})"
                 buffer.write(runlog.line("INFO", log.name, started))
             runlog.bind(buffer)
-            outcome = self._attempts(run, buffer)
+            outcome = self._attempts.run(run, buffer)
         except BaseException as exc:  # a bug here must still end the run record
             outcome = self._outcome(run, "failed", 1, buffer, exc)
         finally:
             runlog.bind(None)
             assert outcome is not None
             self._finish(run, outcome)
-
-    def _attempts(self, run: ActiveRun, buffer: runlog.LogBuffer) -> Outcome:
-        spec = run.spec
-        if spec.jitter > timedelta(0) and self.clock.wait(
-            random.uniform(0, spec.jitter.total_seconds()), self._stop
-        ):
-            return self._outcome(run, "abandoned", 1, buffer, None, "shut down before the run began")
-        attempt = run.claimed.attempt
-        run.began_at = self.clock.now()
-        self._began(run.claimed, run.began_at)
-        while True:
-            run.ctx.attempt = attempt
-            try:
-                self._call(run, attempt, buffer)
-            except ChildStopped as exc:
-                return self._outcome(run, "abandoned", attempt, buffer, None, f"shut down: {exc}")
-            except (Exception, SystemExit) as exc:  # sys.exit(n) in a job fails it like an exception
-                if isinstance(exc, SystemExit) and exc.code in (None, 0):
-                    return self._ended(run, attempt, buffer)
-                if self._overdue(run):
-                    return self._outcome(run, "timed_out", attempt, buffer, exc)
-                if not retry_allowed(attempt, spec.retries):
-                    return self._outcome(run, "failed", attempt, buffer, exc)
-                buffer.write(f"attempt {attempt} failed: {type(exc).__name__}: {exc}\n")
-                log.warning(
-                    "run %s of %s attempt %d failed (%s: %s); retrying in %ss",
-                    run.claimed.run_id,
-                    spec.name,
-                    attempt,
-                    type(exc).__name__,
-                    exc,
-                    spec.retry_delay.total_seconds(),
-                    extra={"job": spec.name, "run_id": run.claimed.run_id, "action": "retry"},
-                )
-                if self.clock.wait(spec.retry_delay.total_seconds(), self._stop):
-                    return self._outcome(run, "failed", attempt, buffer, exc)
-                if self._overdue(run):  # the timeout bounds the whole run: no attempt starts after it
-                    return self._outcome(run, "timed_out", attempt, buffer, exc)
-                attempt += 1
-                self._set_attempt(run.claimed, attempt)
-                continue
-            return self._ended(run, attempt, buffer)
-
-    def _call(self, run: ActiveRun, attempt: int, buffer: runlog.LogBuffer) -> None:
-        spec = run.spec
-        if self.isolation.applies(spec):
-            claimed = run.claimed
-            self.isolation.run(
-                spec,
-                claimed.run_id,
-                claimed.scheduled_for,
-                attempt,
-                run.deadline_mono,
-                self.clock,
-                run.ctx.cancelled,
-                buffer.write,
-            )
-        elif spec.wants_ctx:
-            spec.func(run.ctx)
-        else:
-            spec.func(*spec.args, **spec.kwargs)
-
-    def _ended(self, run: ActiveRun, attempt: int, buffer: runlog.LogBuffer) -> Outcome:
-        if self._overdue(run):
-            return self._outcome(run, "timed_out", attempt, buffer, None)
-        return self._outcome(run, "succeeded", attempt, buffer, None)
-
-    def _overdue(self, run: ActiveRun) -> bool:
-        return run.deadline_mono is not None and self.clock.monotonic() >= run.deadline_mono
 
     def _outcome(
         self,
@@ -538,38 +339,9 @@ class Runner:
         buffer: runlog.LogBuffer | None,
         exc: BaseException | None,
         message: str | None = None,
-        message_type: str = "Abandoned",
     ) -> Outcome:
-        error_type = error_message = error_traceback = None
-        if isinstance(exc, ChildFailed):  # the child's own error, not this thread's traceback
-            error_type, error_message = exc.error_type, str(exc)[:2000]
-            error_traceback = exc.child_traceback or None
-        elif exc is not None:
-            error_type = type(exc).__name__
-            error_message = str(exc)[:2000]
-            error_traceback = "".join(traceback.format_exception(exc))[-8000:]
-        if status == "timed_out":
-            seconds = self.clock.monotonic() - run.started_mono
-            limit = run.spec.timeout.total_seconds() if run.spec.timeout else 0
-            error_type = error_type or "Timeout"
-            error_message = f"ran {seconds:.1f}s, over its timeout of {limit:g}s" + (
-                f"; then raised: {error_message}" if error_message else ""
-            )
-        if message is not None:
-            error_type, error_message = error_type or message_type, message
-        return Outcome(
-            run_id=run.claimed.run_id,
-            fence=run.claimed.fence,
-            status=status,
-            finished_at=self.clock.now(),
-            started_at=run.began_at,
-            attempt=attempt,
-            error_type=error_type,
-            error_message=error_message,
-            error_traceback=error_traceback,
-            log=(buffer.text() or None) if buffer else None,
-            log_truncated=buffer.truncated if buffer else False,
-        )
+        now, ran_for = self.clock.now(), self.clock.monotonic() - run.started_mono
+        return outcomes.ended(run, status, attempt, buffer, exc, now=now, ran_for=ran_for, message=message)
 
     def _finish(self, run: ActiveRun, outcome: Outcome) -> None:
         seconds = self.clock.monotonic() - run.started_mono
@@ -592,7 +364,7 @@ class Runner:
         self._record(outcome)
         with self._idle:
             self._active.pop(run.claimed.run_id, None)
-            self._deadlines.pop(run.claimed.run_id, None)
+            self._deadlines.discard(run.claimed.run_id)
             self._ended_runs.append(run)
             self.ended_count += 1
             job = run.spec.name

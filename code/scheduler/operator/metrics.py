@@ -41,7 +41,7 @@ from prometheus_client.utils import floatToGoString
 from scheduler import __version__
 from scheduler.clock import Clock
 from scheduler.cluster.health import Health, HealthReport
-from scheduler.engine.runner import ActiveRun
+from scheduler.engine.context import ActiveRun
 from scheduler.errors import SchedulerError
 from scheduler.operator.catalog import JobCatalog
 from scheduler.operator.jobseries import Families, JobSeries
