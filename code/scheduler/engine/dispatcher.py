@@ -8,28 +8,24 @@ adds waiting (on the monotonic clock) and periodic polls around `tick`.
 
 from __future__ import annotations
 
-import heapq
-import itertools
 import logging
 import random
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from scheduler.clock import Clock
 from scheduler.cluster.health import Health
+from scheduler.engine import catchup
 from scheduler.engine.runner import Runner
+from scheduler.engine.timetable import JobState, Timetable
 from scheduler.errors import SchedulerError
-from scheduler.jobs import effective
 from scheduler.jobs.registry import JobSpec
-from scheduler.jobs.schedules import Schedule, recent_slots
+from scheduler.jobs.schedules import recent_slots
 from scheduler.store import Claim, Claimed, JobRow, Owner, Store
 
 log = logging.getLogger(__name__)
 
-# A slot this late is no longer "on time": catch-up policies decide about it.
-MISFIRE_GRACE = timedelta(seconds=30)
 # A wall clock that moves this far from the monotonic clock between two loops has been stepped.
 CLOCK_STEP = timedelta(seconds=2)
 MAX_WAIT = 1.0
@@ -45,21 +41,7 @@ CLAIM_CHUNK = 500
 ENDED_CHECK = 0.05
 
 
-@dataclass
-class JobState:
-    spec: JobSpec
-    row: JobRow
-    schedule: Schedule
-    cursor: datetime  # the last slot decided (run, skipped, missed or let pass)
-    next_at: datetime
-    recorded: datetime  # the last slot decided with a record (not let pass while paused)
-    look_at: datetime = field(init=False)  # when to claim next_at: up to `claim_ahead` before it
-
-    def __post_init__(self) -> None:
-        self.look_at = self.next_at
-
-
-class Dispatcher:
+class Dispatcher(Timetable):
     def __init__(
         self,
         store: Store,
@@ -74,8 +56,9 @@ class Dispatcher:
         unwritten: Callable[[], set[int]] = set,
         claim_ahead: timedelta = timedelta(0),
     ) -> None:
+        # Slots are claimed up to claim_ahead before they are due (see Timetable).
+        super().__init__(clock, claim_ahead)
         self.store = store
-        self.clock = clock
         self.runner = runner
         self.owner = owner
         self.lease_ttl = lease_ttl
@@ -84,105 +67,21 @@ class Dispatcher:
         self.health = health
         self.capacity = capacity  # threads of the pool; None: never leave slots to peers
         self.unwritten = unwritten  # runs ended here whose end is not written yet (not busy)
-        # Slots are claimed this long before they are due (at most half the gap to the previous
-        # slot), so a burst's claims are written before its instant and its runs start on time.
-        self.claim_ahead = claim_ahead
         self._ended_seen = 0
-        self.states: dict[str, JobState] = {}
-        self._heap: list[tuple[datetime, int, str]] = []
-        self._seq = itertools.count()
-        self._lock = threading.RLock()
-        self.wake = threading.Event()
         self._last_poll: datetime | None = None
         self._backoff = MIN_BACKOFF
         self._backing_off: set[str] = set()
         health.when_recovered(self.wake.set)
         # Catch-up decisions are logged once their claim is written, not at every retry of an outage.
-        self._catchup_notes: list[tuple[str, int, bool, datetime, str]] = []
-
-    # -- state ------------------------------------------------------------
+        self._catchup_notes: list[catchup.CatchupNote] = []
 
     def load(
         self, specs: dict[str, JobSpec], rows: dict[str, JobRow], last_slots: dict[str, datetime]
     ) -> None:
         """(Re)build the heap for the loaded, enabled jobs. Keeps cursors of known jobs."""
-        now = self.clock.now()
         # Changes made after these rows were read are the first poll's news.
-        self._last_poll = self._last_poll or now
-        with self._lock:
-            old = self.states
-            self.states = {}
-            for name, spec in specs.items():
-                if not spec.enabled or name not in rows:
-                    continue
-                row = rows[name]
-                if name in old:
-                    cursor, recorded = old[name].cursor, old[name].recorded
-                else:
-                    cursor = recorded = effective.cursor_of(row, last_slots.get(name), now)
-                schedule = effective.schedule_of(row)
-                state = JobState(spec, row, schedule, cursor, schedule.next_after(cursor), recorded)
-                self._aim(state)
-                self.states[name] = state
-            self._rebuild_heap()
-
-    def _rebuild_heap(self) -> None:
-        self._heap = [(s.look_at, next(self._seq), n) for n, s in self.states.items()]
-        heapq.heapify(self._heap)
-        self.wake.set()
-
-    def _aim(self, state: JobState, ahead: bool = True) -> None:
-        """Set when to look at the job's next slot: `claim_ahead` before it (at most half the gap
-        from the last slot decided), or at the slot itself (`ahead` False, or paused)."""
-        state.look_at = state.next_at
-        if ahead and self.claim_ahead and not state.row.paused:
-            state.look_at -= min(self.claim_ahead, (state.next_at - state.cursor) / 2)
-
-    def _push(self, state: JobState, look_at: datetime | None = None) -> None:
-        if look_at is not None:
-            state.look_at = look_at
-        heapq.heappush(self._heap, (state.look_at, next(self._seq), state.spec.name))
-
-    def apply_rows(self, rows: list[JobRow], now: datetime) -> None:
-        """Take operator overrides (pause, schedule) read from the database."""
-        with self._lock:
-            changed = False
-            for row in rows:
-                state = self.states.get(row.name)
-                if state is None or row == state.row:
-                    continue
-                schedule = effective.schedule_of(row)
-                if not row.paused:
-                    # Slots let pass while paused, but after the resume, still run.
-                    recorded = state.recorded if state.row.paused else state.cursor
-                    state.cursor = effective.cursor_after_change(recorded, row, now)
-                if row.paused != state.row.paused or schedule != state.schedule:
-                    log.info(
-                        "job %s: %s, schedule %s",
-                        row.name,
-                        "paused" if row.paused else "active",
-                        schedule.describe(),
-                        extra={"job": row.name, "action": "override"},
-                    )
-                state.row, state.schedule = row, schedule
-                state.next_at = state.schedule.next_after(state.cursor)
-                self._aim(state)
-                changed = True
-            if changed:
-                self._rebuild_heap()
-
-    def rewind(self, now: datetime) -> None:
-        """After the wall clock stepped back: recompute from now instead of stalling.
-
-        Slots that already ran are not run again: their rows exist, so a claim loses.
-        """
-        with self._lock:
-            for state in self.states.values():
-                state.cursor = min(state.cursor, now)
-                state.recorded = min(state.recorded, now)
-                state.next_at = state.schedule.next_after(state.cursor)
-                self._aim(state)
-            self._rebuild_heap()
+        self._last_poll = self._last_poll or self.clock.now()
+        super().load(specs, rows, last_slots)
 
     def next_due(self) -> datetime | None:
         """The next instant the loop has something to do: a slot to claim, or a run claimed
@@ -222,13 +121,7 @@ class Dispatcher:
                         state.next_at = now
                         self._push(state, now)
                 self._backing_off.clear()
-            due: list[JobState] = []
-            while self._heap and self._heap[0][0] <= now:
-                at, _, name = heapq.heappop(self._heap)
-                state = self.states.get(name)
-                if state is not None and state.look_at == at:
-                    due.append(state)
-            due, deferred = self._within_capacity(due, now)
+            due, deferred = self._within_capacity(self._pop_due(now), now)
             for state in deferred:
                 if state.next_at > now:  # a slot ahead: claimed at its time instead
                     self._push(state, state.next_at)
@@ -275,7 +168,7 @@ class Dispatcher:
                 return [], True
             self.health.database(True, "")
             self._backoff = MIN_BACKOFF
-            self._log_catchup(notes)
+            catchup.log_catchup(notes)
             self._start(won)
         self._settle(chunk, now, decided, left, failed=False)
         return won, False
@@ -348,38 +241,11 @@ class Dispatcher:
             decided[state.spec.name] = slots[-1]
             if state.row.paused:
                 continue  # a paused job lets its slots pass, unrecorded
-            claims += self._claims_for(state.spec, slots, now, cut)
+            more, note = catchup.claims_for(state.spec, slots, now, cut)
+            claims += more
+            if note is not None:
+                self._catchup_notes.append(note)
         return claims, decided
-
-    def _claims_for(self, spec: JobSpec, slots: list[datetime], now: datetime, cut: bool) -> list[Claim]:
-        overlap = spec.overlap  # applied by the store, which sees the runs executing in the cluster
-        latest = slots[-1]
-        on_time = now - latest <= MISFIRE_GRACE
-        if len(slots) == 1 and on_time:
-            return [Claim(spec.name, latest, "schedule", "running", overlap)]
-        self._catchup_notes.append((spec.name, len(slots) - (1 if on_time else 0), cut, latest, spec.catchup))
-        if spec.catchup == "all":
-            first, rest = slots[0], slots[1:]
-            return [Claim(spec.name, first, "catchup", "running", "queue")] + [
-                Claim(spec.name, s, "catchup", "queued") for s in rest
-            ]
-        missed = [Claim(spec.name, s, "catchup", "missed") for s in slots[:-1]]
-        if spec.catchup == "latest" or on_time:
-            trigger = "schedule" if on_time else "catchup"
-            return missed + [Claim(spec.name, latest, trigger, "running", overlap)]
-        return missed + [Claim(spec.name, latest, "catchup", "missed")]
-
-    def _log_catchup(self, notes: list[tuple[str, int, bool, datetime, str]]) -> None:
-        for name, missed, cut, latest, policy in notes:
-            log.info(
-                "job %s: %d%s slots missed up to %s, catch-up policy %r",
-                name,
-                missed,
-                "+" if cut else "",
-                latest.isoformat(),
-                policy,
-                extra={"job": name, "action": "catchup"},
-            )
 
     def take_queued(self, now: datetime) -> list[Claimed]:
         """Start queued runs (manual triggers, queued overlaps, catch-up, retries) of known jobs."""
@@ -406,7 +272,7 @@ class Dispatcher:
                     claimed.job,
                     claimed.scheduled_for.isoformat(),
                     claimed.status,
-                    not_run_reason(claimed),
+                    catchup.not_run_reason(claimed),
                     extra={"job": claimed.job, "run_id": claimed.run_id, "action": claimed.status},
                 )
                 continue
@@ -470,14 +336,3 @@ class Dispatcher:
         self._last_poll = now
         self.apply_rows(rows, now)
         self.take_queued(now)
-
-
-def not_run_reason(claimed: Claimed) -> str:
-    """Why a won slot is not started now, for its log line: only an overlap is 'still going'."""
-    if claimed.trigger == "catchup":
-        if claimed.status == "queued":
-            return "queued to catch up after downtime"
-        return "passed while the scheduler was not running (outside the catch-up policy)"
-    if claimed.status in ("skipped", "queued"):
-        return "previous run still going"
-    return "not run"
