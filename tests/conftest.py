@@ -20,6 +20,7 @@ from scheduler.clock import FakeClock
 from scheduler.store import Store
 
 from tests.support.fakeslack import fake_slack_fixture  # noqa: F401  (the `fake_slack` fixture)
+from tests.support.required import missing
 
 PG_HOST = os.environ.get("SCHEDULER_TEST_PG_HOST", "127.0.0.1")
 PG_PORT = int(os.environ.get("SCHEDULER_TEST_PG_PORT", "5432"))
@@ -45,10 +46,7 @@ def pg_url() -> Iterator[str]:
     """A fresh PostgreSQL database for this test, dropped afterwards."""
     problem = _pg_unreachable()
     if problem is not None:
-        message = f"PostgreSQL on {PG_HOST}:{PG_PORT} unreachable: {problem}"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message + " (CI=true: PostgreSQL tests must run)")
-        pytest.skip("SKIPPING POSTGRESQL TEST: " + message)
+        missing("PostgreSQL test", f"PostgreSQL on {PG_HOST}:{PG_PORT} unreachable: {problem}")
     name = f"sched_test_{uuid.uuid4().hex[:12]}"
     admin = _admin()
     with admin.cursor() as cur:

@@ -29,6 +29,7 @@ from scheduler.operator.server import HttpServer
 from scheduler.operator.web import openapi
 from scheduler.store import Claim, InstanceRow, Outcome, Owner, Store
 
+from tests.support.ports import free_port
 from tests.support.wsgi import call
 
 TOKEN = "t0ken-for-tests"
@@ -321,9 +322,7 @@ def test_healthz_is_503_with_the_reason_when_the_database_or_the_loop_is_down(
 
 
 def test_an_unreachable_database_gives_503_not_500(clock: FakeClock) -> None:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]  # nothing listens here once closed
+    port = free_port()  # nothing listens there
     store = Store(f"postgresql://postgres@127.0.0.1:{port}/none")
     try:
         app = Api(store, Health(clock), clock, TOKEN)

@@ -405,7 +405,9 @@ def test_a_run_released_while_its_job_executes_here_is_skipped_or_waits_for_that
         now = clock.now()
         runner.start_many([(_claimed(1, spec, now), spec)])
         wait_until(lambda: runner.executing() == 1)
-        runner.start_many([(_claimed(2, spec, now + timedelta(seconds=30)), spec)])  # claimed ahead
+        runner.start_many(
+            [(_claimed(2, spec, now + timedelta(seconds=30)), spec)], hold=True
+        )  # claimed ahead
         assert runner.waiting_ids() == {2}
         clock.advance(timedelta(seconds=30))
         runner.release(clock.now())
@@ -436,7 +438,9 @@ def test_a_run_still_waiting_for_a_thread_is_overtaken_when_the_next_slot_is_rel
         runner.start_many([(_claimed(1, hold, now), hold)])
         wait_until(lambda: runner.executing() == 1)  # the only thread
         runner.start_many([(_claimed(2, quick, now), quick)])  # waits for the thread
-        runner.start_many([(_claimed(3, quick, now + timedelta(seconds=10)), quick)])  # claimed ahead
+        runner.start_many(
+            [(_claimed(3, quick, now + timedelta(seconds=10)), quick)], hold=True
+        )  # claimed ahead
         clock.advance(timedelta(seconds=10))
         assert runner.release(clock.now()) == 1
         (missed,) = outcomes
@@ -484,7 +488,7 @@ def test_the_runner_is_backlogged_while_runs_wait_for_a_thread_or_a_burst_is_a_m
     runner = Runner(clock, 1, 64 * 1024, outcomes.append, lambda c, a: None, stop)
     try:
         hold, ahead = every("hold.job", 60, lambda: release.wait(WAIT)), every("ahead.job", 30)
-        runner.start_many([(_claimed(1, ahead, clock.now() + timedelta(seconds=5)), ahead)])
+        runner.start_many([(_claimed(1, ahead, clock.now() + timedelta(seconds=5)), ahead)], hold=True)
         assert not runner.backlogged()  # a burst 5 s away: the watchdog may still make its pass
         clock.advance(timedelta(seconds=4.5))
         assert runner.backlogged()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gzip
 import logging
-import socket
 import textwrap
 import urllib.request
 from collections.abc import Iterator
@@ -28,6 +27,7 @@ from scheduler.operator.metrics import DURATION_BUCKETS, BatchHistogram, Metrics
 from scheduler.store import Claim, Claimed, InstanceRow, Outcome, Owner, Store
 
 from tests.support.polling import wait_until
+from tests.support.ports import free_port
 
 OWNER = Owner("inst-a", "host-a", 4242)
 
@@ -276,9 +276,7 @@ def test_each_metrics_has_its_own_registry(sqlite_url: str, clock: FakeClock) ->
 
 
 def test_an_unreachable_database_reports_database_up_0(clock: FakeClock) -> None:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     store = Store(f"postgresql://postgres@127.0.0.1:{port}/none")
     try:
         got = samples(Metrics(store, Health(clock), clock, "a").render()[0].decode())
@@ -289,12 +287,6 @@ def test_an_unreachable_database_reports_database_up_0(clock: FakeClock) -> None
 
 
 # -- a real service --------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @pytest.fixture

@@ -17,6 +17,7 @@ from scheduler.store import Store
 from scheduler.store.incidents import IncidentRow
 
 from tests.support.fakeslack import FakeSlack
+from tests.support.outbox import notices
 from tests.support.polling import wait_until
 
 TOKEN = "xoxb-111111111-outboxTokenSecret"
@@ -54,7 +55,7 @@ def test_notice_is_sent_once_and_marked_sent_with_its_ts(
     assert sender.drain() == "1 sent"
     assert sender.drain() == "no notices due"
     assert len(fake_slack.messages) == 1
-    [row] = store.outbox.notices()
+    [row] = notices(store)
     assert (row.status, row.attempts, row.sent_at) == ("sent", 1, clock.now())
     assert row.slack_ts is not None
     assert store.incidents.incidents()[0].slack_ts == row.slack_ts
@@ -68,7 +69,7 @@ def test_429_waits_for_retry_after_through_next_attempt_at(
     sender = token_sender(store, fake_slack, clock)
     fake_slack.fail_next(1, status=429, retry_after=30)
     assert sender.drain() == "1 retry"
-    [row] = store.outbox.notices()
+    [row] = notices(store)
     assert row.status == "pending"
     assert row.next_attempt_at == clock.now() + timedelta(seconds=30)
     assert "429" in (row.last_error or "")
@@ -77,7 +78,7 @@ def test_429_waits_for_retry_after_through_next_attempt_at(
     assert len(fake_slack.requests) == 1
     clock.advance(1)
     assert sender.drain() == "1 sent"
-    assert [r.status for r in store.outbox.notices()] == ["sent"]
+    assert [r.status for r in notices(store)] == ["sent"]
     assert len(fake_slack.messages) == 1
 
 
@@ -88,12 +89,12 @@ def test_500_retries_with_exponential_backoff(store: Store, fake_slack: FakeSlac
     waits = []
     for _ in range(3):
         assert sender.drain() == "1 retry"
-        [row] = store.outbox.notices()
+        [row] = notices(store)
         waits.append(row.next_attempt_at - clock.now())
         clock.set(row.next_attempt_at)
     assert waits == [BASE_BACKOFF, 2 * BASE_BACKOFF, 4 * BASE_BACKOFF]
     assert sender.drain() == "1 sent"
-    assert store.outbox.notices()[0].attempts == 4
+    assert notices(store)[0].attempts == 4
     assert len(fake_slack.messages) == 1
 
 
@@ -113,7 +114,7 @@ def test_permanent_error_marks_failed_and_is_not_retried(
     sender = token_sender(store, fake_slack, clock)
     fake_slack.fail_next(1, slack_error="channel_not_found")
     assert sender.drain() == "1 failed"
-    [row] = store.outbox.notices()
+    [row] = notices(store)
     assert row.status == "failed"
     assert "channel_not_found" in (row.last_error or "")
     assert TOKEN not in (row.last_error or "")
@@ -131,7 +132,7 @@ def test_rate_limit_holds_back_the_rest_of_the_batch(
     fake_slack.fail_next(1, status=429, retry_after=20)
     assert sender.drain() == "1 retry"
     assert len(fake_slack.requests) == 1  # the other two were not tried into the rate limit
-    rows = store.outbox.notices()
+    rows = notices(store)
     assert {r.next_attempt_at for r in rows} == {clock.now() + timedelta(seconds=20)}
     assert [r.attempts for r in rows] == [1, 0, 0]
     clock.advance(20)
@@ -174,7 +175,7 @@ def test_unconfigured_sender_leaves_notices_pending(store: Store, clock: FakeClo
     queue_open(store, clock)
     sender = OutboxSender(store, make_notifier("", "", "#dev-notify"), clock, "w1")
     assert sender.drain() == "Slack not configured"
-    assert [r.status for r in store.outbox.notices()] == ["pending"]
+    assert [r.status for r in notices(store)] == ["pending"]
 
 
 def test_webhook_mode_sends_through_the_webhook(
@@ -184,7 +185,7 @@ def test_webhook_mode_sends_through_the_webhook(
     sender = OutboxSender(store, make_notifier(fake_slack.webhook_url, "", "#dev-notify"), clock, "w1")
     assert sender.drain() == "1 sent"
     assert fake_slack.messages[0]["path"].startswith("/webhook/")
-    assert store.outbox.notices()[0].slack_ts is None
+    assert notices(store)[0].slack_ts is None
 
 
 @pytest.mark.postgres
@@ -219,7 +220,7 @@ def test_two_concurrent_senders_on_postgresql_send_each_notice_once(
         wait_until(lambda: len(fake_slack.messages) >= 40, timeout=5)
         texts = [m["body"]["text"] for m in fake_slack.messages]
         assert len(texts) == 40 == len(set(texts))
-        rows = stores[0].outbox.notices()
+        rows = notices(stores[0])
         assert {r.status for r in rows} == {"sent"}
     finally:
         for s in stores:
@@ -236,7 +237,7 @@ def test_notice_undelivered_for_a_day_is_given_up(
     clock.advance(GIVE_UP_AFTER)
     fake_slack.fail_next(1, status=502)
     assert sender.drain() == "1 failed"
-    [row] = store.outbox.notices()
+    [row] = notices(store)
     assert row.status == "failed"
     assert (row.last_error or "").startswith("gave up after 2 attempts: ")
     assert sender.drain() == "no notices due"

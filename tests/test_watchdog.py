@@ -31,6 +31,7 @@ from scheduler.store import Claim, Claimed, InstanceRow, JobRow, Outcome, Owner,
 from scheduler.store.incidents import IncidentRow
 
 from tests.support.fakeslack import FakeSlack
+from tests.support.outbox import notices
 from tests.support.tcpproxy import TcpProxy
 
 TOKEN = "xoxb-222222222-watchdogTokenSecret"
@@ -448,7 +449,7 @@ def test_database_outage_alert_goes_through_the_local_spool_then_is_recorded_whe
     assert "database reachable again; outage recorded" in restarted.step(clock.now())
     [incident] = store.incidents.incidents()
     assert (incident.kind, incident.opened_at, incident.closed_at) == ("database", T0, clock.now())
-    assert [(n.event, n.status) for n in store.outbox.notices()] == [("open", "sent"), ("recover", "sent")]
+    assert [(n.event, n.status) for n in notices(store)] == [("open", "sent"), ("recover", "sent")]
     recovery = fake_slack.messages[1]
     assert header(recovery) == ":large_green_circle: Recovered: Database problem"
     assert recovery["body"]["thread_ts"] == incident.slack_ts is not None
@@ -560,7 +561,7 @@ def test_racing_openers_on_postgresql_leave_one_open_incident(pg_url: str, clock
         for t in threads:
             t.join(timeout=20)
         assert sum(r is not None for r in results) == 1 and len(results) == len(stores)
-        assert len(stores[0].outbox.notices()) == 1
+        assert len(notices(stores[0])) == 1
     finally:
         for s in stores:
             s.dispose()
@@ -597,7 +598,7 @@ def test_without_slack_incidents_are_recorded_and_logged(
     assert "Slack is not configured" in caplog.text
     assert f"incident opened: inactive {JOB}" in caplog.text
     assert [i.kind for i in store.incidents.incidents()] == ["inactive"]
-    assert store.outbox.notices() == []  # nothing queued that nobody would send
+    assert notices(store) == []  # nothing queued that nobody would send
 
 
 def test_webhook_mode_sends_the_recovery_as_a_new_message(

@@ -8,52 +8,32 @@ Slack server; the store is SQLite and PostgreSQL.
 
 from __future__ import annotations
 
-from dataclasses import replace
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 from scheduler.alerting.watchdog import CRASH_WINDOW, Watchdog
 from scheduler.clock import FakeClock
 from scheduler.cluster.health import Health
 from scheduler.config import Settings
-from scheduler.jobs.registry import make_spec
-from scheduler.store import Claim, InstanceRow, Owner, Store
+from scheduler.store import Claim, Owner, Store
 
 from tests.support.fakeslack import FakeSlack
+from tests.support.watchdog import (
+    config_fixture,  # noqa: F401  (the `config` fixture)
+    define,
+    health_fixture,  # noqa: F401  (the `health` fixture)
+    pass_and_send,
+)
 
-TOKEN = "xoxb-444444444-crashTokenSecret"
 DEAD = Owner("inst-old", "node-a", 4242)  # the daemon that died
 JOBS = ["crashy.job", "other.job"]
 
 
-def job_func() -> None:
-    pass
-
-
 @pytest.fixture
-def config(fake_slack: FakeSlack, tmp_path: Path) -> Settings:
-    return replace(
-        Settings(),
-        instance_name="node-a",
-        state_dir=tmp_path / "var",
-        slack_token=TOKEN,
-        slack_base_url=fake_slack.api_url,
-    )
-
-
-@pytest.fixture
-def watchdog(store: Store, clock: FakeClock, config: Settings) -> Watchdog:
-    now = clock.now()
-    specs = [make_spec(job_func, name=name, interval=timedelta(hours=1)) for name in JOBS]
-    store.jobs.sync(specs, now)
+def watchdog(store: Store, clock: FakeClock, config: Settings, health: Health) -> Watchdog:
+    define(store, clock, JOBS, instance="inst-new", pid=5151, interval=timedelta(hours=1))
     for name in JOBS:  # paused: their slots going unstarted is no incident, only the crash is
-        store.jobs.set_paused(name, True, "ops@host", now)
-    row = InstanceRow("inst-new", "node-a", 5151, "1.0.0", now, now, now + timedelta(days=1), None, "alive",
-                      JOBS, [])  # fmt: skip
-    store.cluster.register(row)
-    health = Health(clock)
-    health.mark_caught_up()
+        store.jobs.set_paused(name, True, "ops@host", clock.now())
     return Watchdog(store, clock, config, health, worker="inst-new")
 
 
@@ -68,12 +48,6 @@ def in_flight(store: Store, clock: FakeClock, job: str, owner: Owner = DEAD) -> 
 def restart(store: Store, clock: FakeClock, dead_pid: int = DEAD.pid) -> list[int]:
     """What the next daemon on node-a does at its start: abandon the dead daemon's runs."""
     return [r.id for r in store.runs.reap_local("node-a", lambda pid: pid != dead_pid, clock.now())]
-
-
-def pass_and_send(wd: Watchdog, clock: FakeClock) -> str:
-    sentence = wd.check_jobs(clock.now())
-    wd.sender.drain()
-    return sentence
 
 
 def texts(fake: FakeSlack) -> list[str]:

@@ -10,10 +10,7 @@ from __future__ import annotations
 import random
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
-from typing import Any
 
-import pytest
 import sqlalchemy as sa
 from scheduler.alerting.facts import RunFacts
 from scheduler.alerting.findings import LatenessMemo, lateness
@@ -22,45 +19,19 @@ from scheduler.clock import FakeClock
 from scheduler.cluster.health import Health
 from scheduler.config import Settings
 from scheduler.jobs.registry import make_spec
-from scheduler.store import Claim, Claimed, InstanceRow, JobRow, Outcome, Owner, Store
+from scheduler.store import Claim, Claimed, JobRow, Outcome, Owner, Store
 from scheduler.store.schema import runs
 
 from tests.support.fakeslack import FakeSlack
+from tests.support.watchdog import (
+    config_fixture,  # noqa: F401  (the `config` fixture)
+    define,
+    health_fixture,  # noqa: F401  (the `health` fixture)
+    job_func,
+    pass_and_send,
+)
 
-TOKEN = "xoxb-333333333-findingsTokenSecret"
 OWNER = Owner("inst-a", "node-a", 4242)
-
-
-def job_func() -> None:
-    pass
-
-
-@pytest.fixture
-def config(fake_slack: FakeSlack, tmp_path: Path) -> Settings:
-    return replace(
-        Settings(),
-        instance_name="node-a",
-        state_dir=tmp_path / "var",
-        slack_token=TOKEN,
-        slack_base_url=fake_slack.api_url,
-    )
-
-
-@pytest.fixture
-def health(clock: FakeClock) -> Health:
-    health = Health(clock)
-    health.mark_caught_up()
-    return health
-
-
-def define(store: Store, clock: FakeClock, names: list[str], **options: Any) -> None:
-    options.setdefault("interval", timedelta(seconds=60))
-    specs = [make_spec(job_func, name=name, **options) for name in names]
-    store.jobs.sync(specs, clock.now())
-    now = clock.now()
-    row = InstanceRow("inst-a", "node-a", 4242, "1.0.0", now, now, now + timedelta(days=1), None, "alive",
-                      names, [])  # fmt: skip
-    store.cluster.register(row)
 
 
 def claim(store: Store, clock: FakeClock, job: str, slot: datetime, status: str = "running") -> Claimed:
@@ -80,12 +51,6 @@ def finish(
 
 def headers(fake: FakeSlack) -> list[str]:
     return [str(m["body"]["blocks"][0]["text"]["text"]) for m in fake.messages]
-
-
-def pass_and_send(wd: Watchdog, clock: FakeClock) -> str:
-    sentence = wd.check_jobs(clock.now())
-    wd.sender.drain()
-    return sentence
 
 
 # -- many jobs late at once ---------------------------------------------------------

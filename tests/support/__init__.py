@@ -5,6 +5,10 @@
 - `sandbox`: real `control.py` daemons in a private folder, database reads.
 - `supervisord`: the supervisord template rendered and parsed as supervisord reads it.
 - `polling`: `wait_until(predicate, timeout)`.
+- `required`: `missing(test, why)`: skip loudly, or fail under CI=true.
+- `ports`: `free_port()`, a port on 127.0.0.1 nothing listens on.
+- `outbox`: `notices(store)`, every outbox row as a test reads it.
+- `watchdog`: the settings, caught-up Health, job definitions and pass the FakeClock watchdog tests share.
 - `wsgi`: `call(app, method, path, ...)`: one request to a WSGI app in-process.
 
 Test modules import from here, never from one another.

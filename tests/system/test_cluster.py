@@ -14,7 +14,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -31,6 +30,7 @@ from scheduler.store import Store
 
 from tests.support import REPO
 from tests.support.polling import wait_until
+from tests.support.ports import free_port
 from tests.support.tcpproxy import TcpProxy
 
 pytestmark = [pytest.mark.system, pytest.mark.postgres]
@@ -604,12 +604,6 @@ def test_database_outage_is_survived_without_lost_or_duplicate_runs(cluster: Clu
         assert len(during) <= OUTAGE_SECONDS / 2, "the outage is logged line after line:\n" + "\n".join(
             during
         )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def healthz(port: int) -> tuple[int, bool]:

@@ -16,7 +16,6 @@ import base64
 import json
 import os
 import signal
-import socket
 import subprocess
 import time
 import urllib.request
@@ -27,6 +26,8 @@ from typing import Any
 import pytest
 import websocket
 
+from tests.support.ports import free_port
+from tests.support.required import missing
 from tests.support.sandbox import REPO, Sandbox, query, wait_until
 
 pytestmark = pytest.mark.system
@@ -161,10 +162,7 @@ class DevTools:
 @pytest.fixture(scope="module")
 def chromium(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevTools]:
     if not CHROMIUM.exists():
-        message = f"chromium not found at {CHROMIUM} (apt-get install chromium)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message + "; CI=true: the dashboard test must run")
-        pytest.skip("SKIPPING DASHBOARD BROWSER TEST: " + message)
+        missing("dashboard browser test", f"chromium not found at {CHROMIUM} (apt-get install chromium)")
     tmp_path = tmp_path_factory.mktemp("chromium")
     profile = tmp_path / "profile"
     process = subprocess.Popen(
@@ -228,12 +226,6 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Sandbox, 
         yield sandbox, f"http://127.0.0.1:{port}"
     finally:
         sandbox.close()
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def test_trigger_from_the_dashboard_runs_the_job_and_the_run_shows_up(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -13,15 +12,10 @@ import pytest
 from scheduler.errors import StoreUnavailable
 from scheduler.store import Store
 
+from tests.support.ports import free_port
 from tests.support.sandbox import Sandbox, wait_until
 
 pytestmark = pytest.mark.system
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def healthz(port: int) -> tuple[int, dict[str, object]]:
@@ -57,12 +51,12 @@ def test_deleting_the_sqlite_file_makes_the_daemon_unhealthy_and_opens_the_datab
 def test_store_refuses_reads_and_writes_once_its_sqlite_file_was_replaced(tmp_path: Path) -> None:
     store = Store(f"sqlite:///{tmp_path / 'scheduler.db'}")
     store.upgrade()
-    store.db.ping()  # the file as first opened: fine
+    assert store.jobs.count() == 0  # the file as first opened: fine
     (tmp_path / "scheduler.db").rename(tmp_path / "moved.db")
     (tmp_path / "scheduler.db").write_bytes((tmp_path / "moved.db").read_bytes())
     try:
         with pytest.raises(StoreUnavailable, match="was deleted or replaced while in use"):
-            store.db.ping()
+            store.jobs.count()
         with pytest.raises(StoreUnavailable, match="was deleted or replaced while in use"):
             store.upgrade()
     finally:

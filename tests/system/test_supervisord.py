@@ -12,7 +12,6 @@ from __future__ import annotations
 import http.client
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,6 +27,7 @@ import sqlalchemy as sa
 from supervisor.xmlrpc import SupervisorTransport
 
 from tests.support.polling import wait_until
+from tests.support.ports import free_port
 from tests.support.supervisord import render_program, supervisord_conf, template_variables
 
 pytestmark = pytest.mark.system
@@ -167,12 +167,6 @@ def _read(path: Path) -> str:
         return ""
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _trigger(port: int, job: str, token: str) -> int:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     try:
@@ -219,7 +213,7 @@ def test_supervisorctl_start_stop_restart_drive_the_daemon(
     _write_job(jobs, "slow", SLOW)
     db_url = f"sqlite:///{tmp_path / 'scheduler.db'}"
     token = 'tok,"en%'
-    port = _free_port()
+    port = free_port()
     variables = template_variables(
         tmp_path,
         scheduler_database_url=db_url,

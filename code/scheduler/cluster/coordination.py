@@ -81,8 +81,6 @@ class Coordinator:
         self._jobs: set[str] = set()
         self._unknown_checked: datetime | None = None
         self._reported_unknown: set[str] = set()
-        self._reported_orphans: set[str] = set()
-        self._check_jobs = False  # the chores report orphaned jobs after a beat checked unknown ones
 
     # -- start-up -------------------------------------------------------------
 
@@ -136,13 +134,12 @@ class Coordinator:
             return self._step(now)
 
     def chores_step(self, now: datetime) -> str:
-        """The leader's chores (reaping, retention, orphans, registered chores), if it leads."""
+        """The leader's chores (reaping, retention, registered chores), if it leads."""
         if not self.holds_lease():
             return "not leading"
         if self.clock.monotonic() < self._settle_until:
             return "settling after a database outage, not reaping yet"
-        check_jobs, self._check_jobs = self._check_jobs, False
-        return self._chores(now, check_jobs)
+        return self._chores(now)
 
     def _step(self, now: datetime) -> str:
         mono = self.clock.monotonic()
@@ -164,7 +161,6 @@ class Coordinator:
             if check_jobs:
                 self._unknown_checked = now
                 self._check_unknown_jobs(now)
-                self._check_jobs = True
         except SchedulerError as exc:
             self._lose_leadership("cannot reach the database")
             self.health.database(False, str(exc))
@@ -203,7 +199,7 @@ class Coordinator:
         assert self.term is not None
         return LeaderFence(LEADER, self.owner.instance, self.term)
 
-    def _chores(self, now: datetime, check_jobs: bool) -> str:
+    def _chores(self, now: datetime) -> str:
         done = [self._reap(now)]
         if self._last_retention is None or now - self._last_retention >= RETENTION_EVERY:
             self._last_retention = now
@@ -276,20 +272,6 @@ class Coordinator:
             for name in inst.jobs:
                 holders.setdefault(name, []).append(inst.host)
         return holders
-
-    def _report_orphans(self, now: datetime) -> str:
-        """Leader: jobs in the database that no live instance has loaded are not run at all."""
-        names = {row.name for row in self.store.jobs.all() if not row.paused}
-        holders = self._holders(now)
-        orphans = {n for n in names if n not in holders}
-        for name in sorted(orphans - self._reported_orphans):
-            log.warning(
-                "job %s is loaded by no live instance: its slots are not run",
-                name,
-                extra={"job": name, "action": "orphan-job"},
-            )
-        self._reported_orphans = orphans
-        return f"{len(orphans)} jobs without an instance" if orphans else ""
 
     def _retention(self, now: datetime) -> str:
         cutoff = now - self.settings.retention

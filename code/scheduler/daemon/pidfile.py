@@ -49,12 +49,6 @@ def read_record(path: Path) -> PidRecord | None:
     return PidRecord(int(first), ticks)
 
 
-def read_pid(path: Path) -> int | None:
-    """The pid in the file, or None if there is no usable pid."""
-    record = read_record(path)
-    return record.pid if record else None
-
-
 def process_alive(pid: int) -> bool:
     """True if `pid` runs. A zombie has exited: its parent (init, after a daemon's double
     fork) may be slow to reap it, or never do so in a container whose init does not reap."""

@@ -413,7 +413,7 @@ class Dispatcher:
             state = self.states.get(claimed.job)
             if state is not None:
                 start.append((claimed, state.spec))
-        self.runner.start_many(start)
+        self.runner.start_many(start, hold=True)  # a slot claimed ahead waits for its instant
 
     # -- the loop -----------------------------------------------------------
 

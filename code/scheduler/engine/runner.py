@@ -165,15 +165,16 @@ class Runner:
         """Queue the run on the pool. The claim is already in the database."""
         self.start_many([(claimed, spec)])
 
-    def start_many(self, runs: Sequence[tuple[Claimed, JobSpec]]) -> None:
+    def start_many(self, runs: Sequence[tuple[Claimed, JobSpec]], hold: bool = False) -> None:
         """Queue claimed runs, oldest slot first: one lock and one wake-up for a whole burst.
 
-        A run whose slot is still ahead (claimed early) is held until `release` reaches it."""
+        With `hold` (runs claimed ahead), a run whose slot is still ahead waits for `release`
+        to reach it; without, every run is due now."""
         mono, now = self.clock.monotonic(), self.clock.now()
         prepared = []
         for claimed, spec in runs:
             ctx = JobContext(spec.name, claimed.scheduled_for, claimed.run_id, claimed.attempt)
-            ahead = max(0.0, (claimed.scheduled_for - now).total_seconds())
+            ahead = max(0.0, (claimed.scheduled_for - now).total_seconds()) if hold else 0.0
             deadline = mono + ahead + spec.timeout.total_seconds() if spec.timeout else None
             prepared.append(ActiveRun(claimed, spec, mono + ahead, ctx, deadline))
         held = {
@@ -189,7 +190,7 @@ class Runner:
                     continue
                 if active.deadline_mono is not None:
                     self._deadlines[active.claimed.run_id] = active
-                if active.claimed.scheduled_for > now:
+                if hold and active.claimed.scheduled_for > now:
                     heapq.heappush(self._held, (active.claimed.scheduled_for, next(self._seq), active))
                 else:
                     queued += self._enqueue(active, ended)

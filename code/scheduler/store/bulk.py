@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
+from scheduler.store.reads import RUN_COLUMNS
 from scheduler.store.schema import fenced, runs
 
 if TYPE_CHECKING:
@@ -25,21 +26,9 @@ if TYPE_CHECKING:
 
 CHUNK = 500  # rows per statement: bounds the size of IN lists and multi-row VALUES
 
-_CLAIM_COLUMNS = (
-    "job",
-    "scheduled_for",
-    "trigger",
-    "status",
-    "attempt",
-    "owner",
-    "fence",
-    "lease_expires_at",
-    "host",
-    "pid",
-    "claimed_at",
-    "started_at",
-    "finished_at",
-)
+# What a claim writes: every column of the run but its id (the database's) and what its end writes.
+_END_ONLY = ("error_type", "error_message", "error_traceback", "log", "log_truncated")
+_CLAIM_COLUMNS = tuple(c for c in RUN_COLUMNS if c != "id" and c not in _END_ONLY)
 
 _INSERT = (
     f"INSERT INTO runs ({', '.join(_CLAIM_COLUMNS)}) VALUES ({', '.join('?' for _ in _CLAIM_COLUMNS)}) "

@@ -129,10 +129,6 @@ class Database:
                 " restart the daemon to create it again"
             )
 
-    def ping(self) -> None:
-        with self.read() as conn:
-            conn.execute(sa.text("SELECT 1"))
-
     def dispose(self) -> None:
         self.engine.dispose()
 

@@ -190,14 +190,6 @@ class OutboxRepository:
                 conn.execute(outbox.update().where(*_held(notice_id, worker)).values(**values)).rowcount == 1
             )
 
-    def notices(self, incident_id: int | None = None, limit: int = 100) -> list[OutboxRow]:
-        """Oldest first (what was queued, and what became of it)."""
-        query = sa.select(outbox).order_by(outbox.c.id).limit(limit)
-        if incident_id is not None:
-            query = query.where(outbox.c.incident_id == incident_id)
-        with self.db.read() as conn:
-            return [OutboxRow.from_row(r) for r in conn.execute(query)]
-
 
 def _held(notice_id: int, worker: str) -> tuple[sa.ColumnElement[bool], ...]:
     return (outbox.c.id == notice_id, outbox.c.claimed_by == worker, outbox.c.status == "pending")

@@ -34,10 +34,9 @@ def instant(value: datetime | str) -> datetime:
     return as_utc(value if isinstance(value, datetime) else datetime.fromisoformat(value))
 
 
-def fields_of(m: Mapping[Any, Any], cls: type[Any], **columns: str) -> dict[str, Any]:
-    """A row's values for the fields of the dataclass `cls`, each read from the column of its
-    name, or from the one given as field="column"."""
-    return {name: m[columns.get(name, name)] for name in cls.__dataclass_fields__}
+def fields_of(m: Mapping[Any, Any], cls: type[Any]) -> dict[str, Any]:
+    """A row's values for the fields of the dataclass `cls`, each read from the column of its name."""
+    return {name: m[name] for name in cls.__dataclass_fields__}
 
 
 class Timed:
@@ -82,8 +81,23 @@ class JobRow:
 
     @classmethod
     def from_mapping(cls, m: Mapping[str, Any]) -> JobRow:
-        values = fields_of(m, cls, schedule_text="schedule")
-        return cls(**values | {"definition": dict(values["definition"]), "paused": bool(values["paused"])})
+        # Field by field, not through fields_of: reads of every job build 10,000 of these, and
+        # keyword arguments are the fastest way (fields_of with the renamed column took ~1.6x).
+        return cls(
+            name=m["name"],
+            definition=dict(m["definition"]),
+            schedule_text=m["schedule"],
+            anchor_at=m["anchor_at"],
+            defined_at=m["defined_at"],
+            updated_at=m["updated_at"],
+            loaded_at=m["loaded_at"],
+            paused=bool(m["paused"]),
+            override_interval_seconds=m["override_interval_seconds"],
+            override_cron=m["override_cron"],
+            override_timezone=m["override_timezone"],
+            changed_by=m["changed_by"],
+            changed_at=m["changed_at"],
+        )
 
 
 @dataclass(frozen=True)
