@@ -8,6 +8,7 @@ import random
 import threading
 from collections.abc import Callable
 from datetime import datetime, timedelta
+from typing import Protocol
 
 from scheduler.clock import Clock
 from scheduler.engine import runlog
@@ -18,10 +19,19 @@ from scheduler.store import Claimed, Outcome
 
 log = logging.getLogger("scheduler.engine.runner")
 
-# status, attempt, buffer, exception, message -> the run's Outcome (the runner's, which knows the time)
-MakeOutcome = Callable[
-    [ActiveRun, str, int, "runlog.LogBuffer | None", "BaseException | None", "str | None"], Outcome
-]
+
+class MakeOutcome(Protocol):
+    """The runner's outcome maker (it knows the time): status, attempt, log, exception, message."""
+
+    def __call__(
+        self,
+        run: ActiveRun,
+        status: str,
+        attempt: int,
+        buffer: runlog.LogBuffer | None,
+        exc: BaseException | None,
+        message: str | None = None,
+    ) -> Outcome: ...
 
 
 class Attempts:
@@ -39,18 +49,7 @@ class Attempts:
         self.isolation = isolation
         self.began = began
         self.set_attempt = set_attempt
-        self._make = outcome
-
-    def outcome(
-        self,
-        run: ActiveRun,
-        status: str,
-        attempt: int,
-        buffer: runlog.LogBuffer | None,
-        exc: BaseException | None,
-        message: str | None = None,
-    ) -> Outcome:
-        return self._make(run, status, attempt, buffer, exc, message)
+        self.outcome = outcome
 
     def run(self, run: ActiveRun, buffer: runlog.LogBuffer) -> Outcome:
         """Jitter, then each attempt until one succeeds, retries run out, the timeout or a stop."""
