@@ -57,15 +57,10 @@ def stored(at: datetime | None) -> str | None:
     return at.replace(tzinfo=None).isoformat(" ", "microseconds")
 
 
-def stored_text(conn: sa.Connection, at: datetime) -> str:
-    """An instant as a SELECT of the raw column returns it."""
-    return str(stored(at))
-
-
 def insert_claims(
     conn: sa.Connection, rows: Sequence[dict[str, Any]]
-) -> list[tuple[int, str, Any, str, str]]:
-    """Insert claim rows (ON CONFLICT DO NOTHING); return (id, job, stored slot, status, trigger) won.
+) -> list[tuple[int, str, datetime, str, str]]:
+    """Insert claim rows (ON CONFLICT DO NOTHING); return (id, job, slot, status, trigger) won.
 
     Every row of one call has the same owner and claimed_at. Inside the write
     transaction no one else inserts, so the rows won are those above the largest id before.
@@ -104,7 +99,9 @@ def insert_claims(
     conn.exec_driver_sql(_INSERT, params)
     first = rows[0]
     found = conn.exec_driver_sql(_WON, (before, first["owner"], t(first["claimed_at"])))
-    return [(int(r[0]), r[1], r[2], r[3], r[4]) for r in found]
+    # The slot read back is its stored text: the row's own instant is given back instead.
+    slot_of = {(p[0], p[1]): r["scheduled_for"] for p, r in zip(params, rows, strict=True)}
+    return [(int(r[0]), r[1], slot_of[(r[1], str(r[2]))], r[3], r[4]) for r in found]
 
 
 def finish_all(conn: sa.Connection, params: Sequence[dict[str, Any]]) -> list[int]:

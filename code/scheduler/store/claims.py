@@ -139,15 +139,8 @@ class RunClaims:
                     }
                 )
             if conn.dialect.name == "sqlite":
-                texts: dict[datetime, str] = {}  # a burst shares one slot
-                slots = {}
-                for c in claims:
-                    text = texts.get(c.scheduled_for)
-                    if text is None:
-                        text = texts[c.scheduled_for] = bulk.stored_text(conn, c.scheduled_for)
-                    slots[(c.job, text)] = c.scheduled_for
-                for run_id, job, stored, status, trigger in bulk.insert_claims(conn, rows):
-                    won.append(Claimed(run_id, job, slots[(job, str(stored))], status, 1, trigger))
+                for run_id, job, slot, status, trigger in bulk.insert_claims(conn, rows):
+                    won.append(Claimed(run_id, job, slot, status, 1, trigger))
                 return won, left
             stmt = _claim_insert(conn.dialect.name)
             for start in range(0, len(rows), CHUNK):
