@@ -52,8 +52,7 @@ class Recorder:
         self.clock = clock
         self._write = write
         self._mark_started = mark_started
-        self._begun: dict[int, tuple[int, datetime, float]] = {}
-        self._begun_runs: dict[int, Claimed] = {}
+        self._begun: dict[int, tuple[Claimed, datetime, float]] = {}  # run_id -> (run, began at, mono)
         self._write_attempt = write_attempt
         self._attempts: dict[int, tuple[int, int]] = {}  # run_id -> (fence, attempt) of a retry begun
         self.spool = spool
@@ -69,8 +68,7 @@ class Recorder:
 
     def record(self, outcome: Outcome) -> None:
         with self._cond:
-            if self._begun.pop(outcome.run_id, None) is not None:
-                del self._begun_runs[outcome.run_id]
+            self._begun.pop(outcome.run_id, None)
             self._queue.append(outcome)
             if len(self._queue) in (1, BATCH):  # the writer waits for the first, or gathers up to BATCH
                 self._cond.notify()
@@ -81,22 +79,21 @@ class Recorder:
             return
         with self._cond:
             first = not self._begun
-            self._begun[claimed.run_id] = (claimed.fence, at, time.monotonic())
-            self._begun_runs[claimed.run_id] = claimed
+            self._begun[claimed.run_id] = (claimed, at, time.monotonic())
             if first:  # the writer's wait now has a deadline; otherwise it already has one
                 self._cond.notify()
 
-    def _due_marks(self, take: bool) -> list[tuple[int, int, datetime]] | float | None:
+    def _due_marks(self, take: bool) -> list[tuple[Claimed, datetime]] | float | None:
         """The starts to write now (`take`: removed), else the seconds until the next is due (None: none)."""
         if not self._begun:
             return None
         cutoff = time.monotonic() - BEGUN_DELAY
-        due = [(run_id, fence, at) for run_id, (fence, at, mono) in self._begun.items() if mono <= cutoff]
+        due = [(claimed, at) for claimed, at, mono in self._begun.values() if mono <= cutoff]
         if not due:
             return max(0.0, min(mono for _, _, mono in self._begun.values()) - cutoff)
         if take:
-            for run_id, _, _ in due:
-                del self._begun[run_id]
+            for claimed, _ in due:
+                del self._begun[claimed.run_id]
         return due
 
     def _log_started(self, runs: list[Claimed]) -> None:
@@ -111,11 +108,13 @@ class Recorder:
 
     def _write_marks(self) -> None:
         with self._cond:
-            marks = self._due_marks(take=True)
-            started = [self._begun_runs.pop(m[0]) for m in marks] if isinstance(marks, list) else []
-        self._log_started(started)
-        if self._mark_started is None or not isinstance(marks, list):
+            due = self._due_marks(take=True)
+        if not isinstance(due, list):
             return
+        self._log_started([claimed for claimed, _ in due])
+        if self._mark_started is None:
+            return
+        marks = [(claimed.run_id, claimed.fence, at) for claimed, at in due]
         try:
             self._mark_started(marks)
         except SchedulerError as exc:  # only a hint to the peers' skip-if-running check
