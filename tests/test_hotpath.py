@@ -321,17 +321,28 @@ def test_renewing_many_runs_renews_exactly_the_ids_given_not_an_unknown_one_betw
 AHEAD = timedelta(seconds=2)
 
 
+def run_first_slot(h: Harness, job: str, func: object = noop) -> datetime:
+    """Load a 30 s job, run its first slot (on time) and return its next slot."""
+    h.load(every(job, 30, func))
+    h.clock.advance(timedelta(seconds=1))
+    (first,) = h.dispatcher.tick(h.clock.now())
+    assert h.runner.wait_idle(WAIT)
+    return first.scheduled_for + timedelta(seconds=30)
+
+
+def bare_runner(clock: FakeClock, threads: int) -> tuple[Runner, list[Outcome]]:
+    """A runner whose outcomes land in the list returned with it (no recorder, no database)."""
+    outcomes: list[Outcome] = []
+    return Runner(clock, threads, 64 * 1024, outcomes.append, lambda c, a: None, threading.Event()), outcomes
+
+
 def test_a_slot_is_claimed_ahead_of_its_instant_and_its_run_begins_at_the_instant(
     db_url: str, tmp_path: Path, clock: FakeClock
 ) -> None:
     began: list[datetime] = []
     h = Harness(db_url, tmp_path, clock, claim_ahead=AHEAD)
     try:
-        h.load(every("ahead.job", 30, lambda: began.append(clock.now())))
-        clock.advance(timedelta(seconds=1))
-        (first,) = h.dispatcher.tick(clock.now())  # the first slot, on time
-        assert h.runner.wait_idle(WAIT)
-        slot = first.scheduled_for + timedelta(seconds=30)
+        slot = run_first_slot(h, "ahead.job", lambda: began.append(clock.now()))
         clock.advance(slot - AHEAD - timedelta(seconds=0.5) - clock.now())
         assert h.dispatcher.tick(clock.now()) == []  # not yet within claim_ahead
         clock.advance(timedelta(seconds=1))
@@ -357,12 +368,8 @@ def test_a_slot_ahead_of_a_job_executing_elsewhere_is_left_and_decided_at_its_in
 ) -> None:
     h = Harness(db_url, tmp_path, clock, claim_ahead=AHEAD)
     try:
-        h.load(every("busy.job", 30))
-        clock.advance(timedelta(seconds=1))
-        (first,) = h.dispatcher.tick(clock.now())
-        assert h.runner.wait_idle(WAIT)
+        slot = run_first_slot(h, "busy.job")
         assert h.recorder.flush_once()
-        slot = first.scheduled_for + timedelta(seconds=30)
         clock.advance(slot - timedelta(seconds=5) - clock.now())
         (peer,) = h.store.runs.claim([Claim("busy.job", clock.now())], PEER, clock.now(), slot + AHEAD)
         h.store.runs.mark_started([(peer.run_id, peer.fence, clock.now())])  # executing on the peer
@@ -370,7 +377,7 @@ def test_a_slot_ahead_of_a_job_executing_elsewhere_is_left_and_decided_at_its_in
         assert h.dispatcher.tick(clock.now()) == []  # busy: not claimed ahead, and not skipped yet
         assert [r.scheduled_for for r in h.store.runs.history(job="busy.job", limit=5)] == [
             peer.scheduled_for,
-            first.scheduled_for,
+            slot - timedelta(seconds=30),  # the first slot
         ]
         clock.advance(slot - clock.now())
         (won,) = h.dispatcher.tick(clock.now())  # decided at the instant: still busy
@@ -387,8 +394,7 @@ def _claimed(run_id: int, spec: JobSpec, slot: datetime) -> Claimed:
 def test_a_run_released_while_its_job_executes_here_is_skipped_or_waits_for_that_run(
     clock: FakeClock, overlap: str
 ) -> None:
-    outcomes: list[Outcome] = []
-    release, stop = threading.Event(), threading.Event()
+    release = threading.Event()
     lock, executing, most = threading.Lock(), [0], [0]
 
     def body() -> None:
@@ -399,7 +405,7 @@ def test_a_run_released_while_its_job_executes_here_is_skipped_or_waits_for_that
         with lock:
             executing[0] -= 1
 
-    runner = Runner(clock, 2, 64 * 1024, outcomes.append, lambda c, a: None, stop)
+    runner, outcomes = bare_runner(clock, 2)
     try:
         spec = every("lap.job", 30, body, overlap=overlap)
         now = clock.now()
@@ -429,9 +435,8 @@ def test_a_run_released_while_its_job_executes_here_is_skipped_or_waits_for_that
 def test_a_run_still_waiting_for_a_thread_is_overtaken_when_the_next_slot_is_released(
     clock: FakeClock,
 ) -> None:
-    outcomes: list[Outcome] = []
-    release, stop = threading.Event(), threading.Event()
-    runner = Runner(clock, 1, 64 * 1024, outcomes.append, lambda c, a: None, stop)
+    release = threading.Event()
+    runner, outcomes = bare_runner(clock, 1)
     try:
         hold, quick = every("hold.job", 60, lambda: release.wait(WAIT)), every("quick.job", 10)
         now = clock.now()
@@ -459,11 +464,7 @@ def test_runs_claimed_ahead_are_handed_back_at_shutdown_and_a_peer_takes_them(
 ) -> None:
     h = Harness(db_url, tmp_path, clock, claim_ahead=AHEAD)
     try:
-        h.load(every("later.job", 30))
-        clock.advance(timedelta(seconds=1))
-        (first,) = h.dispatcher.tick(clock.now())
-        assert h.runner.wait_idle(WAIT)
-        slot = first.scheduled_for + timedelta(seconds=30)
+        slot = run_first_slot(h, "later.job")
         clock.advance(slot - timedelta(seconds=1) - clock.now())
         (ahead,) = h.dispatcher.tick(clock.now())
         assert h.runner.backlogged()
@@ -483,9 +484,8 @@ def test_runs_claimed_ahead_are_handed_back_at_shutdown_and_a_peer_takes_them(
 def test_the_runner_is_backlogged_while_runs_wait_for_a_thread_or_a_burst_is_a_moment_away(
     clock: FakeClock,
 ) -> None:
-    outcomes: list[Outcome] = []
-    release, stop = threading.Event(), threading.Event()
-    runner = Runner(clock, 1, 64 * 1024, outcomes.append, lambda c, a: None, stop)
+    release = threading.Event()
+    runner, outcomes = bare_runner(clock, 1)
     try:
         hold, ahead = every("hold.job", 60, lambda: release.wait(WAIT)), every("ahead.job", 30)
         runner.start_many([(_claimed(1, ahead, clock.now() + timedelta(seconds=5)), ahead)], hold=True)
